@@ -1,0 +1,3 @@
+"""Software-defined assets, group ``game_analytics``. Each module is short: fetch, call, write, report."""
+
+GROUP = "game_analytics"

@@ -1,0 +1,39 @@
+"""``session_stats``: one row per session seen that day; also refreshes the old ``leaderboard_aggregates``."""
+
+import dagster as dg
+
+from heatmap_pipeline.assets import GROUP
+from heatmap_pipeline.assets.common import partition_days, utcnow
+from heatmap_pipeline.resources import WarehouseDatabase
+from heatmap_pipeline.warehouse.sessions import replace_session_partition
+
+
+def build_session_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="session_stats",
+        group_name=GROUP,
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=["game_events"],
+        kinds={"sql"},
+        description="Per-session stats of one UTC day (table session_stats) and the old "
+        "leaderboard_aggregates(session_id, event_count, score_max), one row per session.",
+    )
+    def session_stats(context: dg.AssetExecutionContext, warehouse: WarehouseDatabase) -> dg.MaterializeResult:
+        now = utcnow()
+        sessions = events = leaderboard = 0
+        for day in partition_days(context):
+            result = replace_session_partition(warehouse.engine(), day, now)
+            context.log.info(f"session_stats {day}: {result.sessions} sessions, {result.events} events")
+            sessions += result.sessions
+            events += result.events
+            leaderboard += result.leaderboard_rows
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": dg.MetadataValue.int(sessions),
+                "events_summed": dg.MetadataValue.int(events),
+                "leaderboard_rows_upserted": dg.MetadataValue.int(leaderboard),
+            }
+        )
+
+    return session_stats

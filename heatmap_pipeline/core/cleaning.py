@@ -1,0 +1,240 @@
+"""Raw ``events`` rows -> typed game events, or quarantined rows with a reason. No Dagster here.
+
+Rules (the SQL fast path in ``etl_sql.py`` implements the same ones and is tested against this):
+
+* the payload must be a JSON object no larger than ``max_payload_bytes``;
+* a *position event* (payload has ``x`` or ``y``, or ``event_type`` is a position type) needs
+  both coordinates as finite numbers (numeric strings are accepted, as ``pd.to_numeric`` did);
+* a ``level`` named in the payload must be one of the configured levels; position events
+  without one get ``default_level``;
+* ``score`` / ``final_score``, when present, must be finite numbers;
+* the timestamp must parse, fall on the partition's UTC day, and not lie further in the future
+  than the tolerance;
+* of several *valid* rows with one id, the first (rows arrive ordered by id, created_at) is
+  kept and the others are quarantined as ``duplicate_id``.
+
+Clean rows plus quarantined rows always equal the rows given.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+REASONS = {
+    "null_id": "the event has no id",
+    "null_payload": "payload is NULL",
+    "unparseable_payload": "payload is not valid JSON",
+    "payload_not_object": "payload is JSON but not an object",
+    "payload_too_large": "payload is larger than MAX_PAYLOAD_BYTES",
+    "missing_coordinate": "a position event lacks x or y",
+    "non_numeric_coordinate": "x or y is not a number",
+    "non_finite_coordinate": "x or y is NaN or infinite",
+    "unknown_level": "payload names a level not in HEATMAP_LEVELS",
+    "invalid_score": "score or final_score is not a finite number",
+    "null_timestamp": "timestamp is NULL",
+    "unparseable_timestamp": "timestamp cannot be parsed",
+    "timestamp_outside_partition": "timestamp, read as UTC, falls on another day",
+    "future_timestamp": "timestamp lies further in the future than FUTURE_TOLERANCE_MINUTES",
+    "duplicate_id": "another valid row with the same id was kept",
+}
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, detail: str):
+        assert reason in REASONS, reason
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class CleaningRules:
+    levels: frozenset[str]
+    default_level: str
+    position_event_types: frozenset[str] = frozenset({"move", "position"})
+    max_payload_bytes: int = 65536
+    future_cutoff: dt.datetime | None = None  # naive UTC; later timestamps are quarantined
+
+
+def to_utc_naive(value: Any) -> dt.datetime:
+    """A timestamp from any driver (aware, naive-as-UTC, ISO text, epoch seconds) as naive UTC."""
+    if isinstance(value, dt.datetime):
+        parsed = value
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            parsed = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise Rejected("unparseable_timestamp", f"timestamp {value[:64]!r} is not ISO 8601") from None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        parsed = dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
+    else:
+        raise Rejected("unparseable_timestamp", f"timestamp {value!r} is not a time")
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return parsed
+
+
+def normalize_level(value: Any) -> str | None:
+    """1, 1.0 and "1" are the same level "1"; None means the payload names no level."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value).strip()
+
+
+def _number(value: Any, what: str, reason_non_numeric: str, reason_non_finite: str) -> float:
+    if isinstance(value, bool):
+        raise Rejected(reason_non_numeric, f"{what}={value!r} is a boolean, not a number")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise Rejected(reason_non_numeric, f"{what}={value[:32]!r} is not a number") from None
+    else:
+        raise Rejected(reason_non_numeric, f"{what}={str(value)[:32]!r} is not a number")
+    if not math.isfinite(number):
+        raise Rejected(reason_non_finite, f"{what}={value!r} is not finite")
+    return number
+
+
+def parse_payload(raw: Any, max_bytes: int) -> tuple[dict, str]:
+    """Return the payload as a dict and as JSON text."""
+    if raw is None:
+        raise Rejected("null_payload", "payload is NULL")
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        raw = bytes(raw).decode("utf-8", errors="replace")
+    if isinstance(raw, str):
+        size = len(raw) if len(raw) * 4 <= max_bytes else len(raw.encode("utf-8"))
+        if size > max_bytes:
+            raise Rejected("payload_too_large", f"payload is {size} bytes, over MAX_PAYLOAD_BYTES={max_bytes}")
+        try:
+            payload = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise Rejected("unparseable_payload", f"payload is not JSON: {raw[:64]!r}") from None
+        text = raw
+    else:
+        payload = raw
+        text = json.dumps(raw, default=str)
+        if len(text.encode("utf-8")) > max_bytes:
+            raise Rejected("payload_too_large", f"payload is over MAX_PAYLOAD_BYTES={max_bytes}")
+    if not isinstance(payload, dict):
+        raise Rejected("payload_not_object", f"payload is a JSON {type(payload).__name__}, not an object")
+    return payload, text
+
+
+def clean_event(row: Mapping[str, Any], partition_date: dt.date, rules: CleaningRules) -> dict:
+    """One source row -> a ``game_events`` row, or raise :class:`Rejected`."""
+    if row.get("id") is None:
+        raise Rejected("null_id", "id is NULL")
+    if row.get("timestamp") is None:
+        raise Rejected("null_timestamp", "timestamp is NULL")
+    ts = to_utc_naive(row["timestamp"])
+    if ts.date() != partition_date:
+        raise Rejected("timestamp_outside_partition", f"timestamp {ts.isoformat()} UTC is not on {partition_date}")
+    if rules.future_cutoff is not None and ts > rules.future_cutoff:
+        raise Rejected("future_timestamp", f"timestamp {ts.isoformat()} is after {rules.future_cutoff.isoformat()}")
+    payload, payload_text = parse_payload(row.get("payload"), rules.max_payload_bytes)
+
+    x_raw, y_raw = payload.get("x"), payload.get("y")
+    is_position = "x" in payload or "y" in payload or row.get("event_type") in rules.position_event_types
+    x = y = None
+    if is_position:
+        if x_raw is None or y_raw is None:
+            missing = " and ".join(name for name, v in (("x", x_raw), ("y", y_raw)) if v is None)
+            raise Rejected("missing_coordinate", f"position event without {missing}")
+        x = _number(x_raw, "x", "non_numeric_coordinate", "non_finite_coordinate")
+        y = _number(y_raw, "y", "non_numeric_coordinate", "non_finite_coordinate")
+
+    level = normalize_level(payload.get("level"))
+    if level is not None and level not in rules.levels:
+        raise Rejected("unknown_level", f"level {level!r} is not in HEATMAP_LEVELS ({','.join(sorted(rules.levels))})")
+    if level is None and is_position:
+        level = rules.default_level
+
+    scores = {}
+    for key in ("score", "final_score"):
+        value = payload.get(key)
+        scores[key] = None if value is None else _number(value, key, "invalid_score", "invalid_score")
+
+    created = row.get("created_at")
+    try:
+        created_at = to_utc_naive(created) if created is not None else None
+    except Rejected:
+        created_at = None  # created_at is informational; an odd one is not a reason to reject
+    return {
+        "event_date": partition_date,
+        "event_id": str(row["id"]),
+        "user_id": _text(row.get("user_id")),
+        "session_id": _text(row.get("session_id")),
+        "event_type": _text(row.get("event_type")),
+        "event_name": _text(row.get("event_name")),
+        "event_category": _text(row.get("event_category")),
+        "ts": ts,
+        "level": level,
+        "x": x,
+        "y": y,
+        "score": scores["score"],
+        "final_score": scores["final_score"],
+        "payload": payload_text,
+        "created_at": created_at,
+    }
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def raw_row_json(row: Mapping[str, Any]) -> str:
+    return json.dumps({key: row[key] for key in row.keys()}, default=str, allow_nan=True)
+
+
+class EventCleaner:
+    """Cleans a partition's rows chunk by chunk; remembers the last kept id for de-duplication.
+
+    Rows must arrive ordered by id (then created_at) so that duplicates are adjacent and
+    memory stays constant however large the day is.
+    """
+
+    def __init__(self, partition_date: dt.date, rules: CleaningRules, now: dt.datetime):
+        self.partition_date = partition_date
+        self.rules = rules
+        self.now = now
+        self._last_kept_id: str | None = None
+        self.extracted = 0
+
+    def clean(self, rows: Iterable[Mapping[str, Any]]) -> tuple[list[dict], list[dict]]:
+        clean_rows: list[dict] = []
+        quarantined: list[dict] = []
+        for row in rows:
+            self.extracted += 1
+            try:
+                event = clean_event(row, self.partition_date, self.rules)
+                if event["event_id"] == self._last_kept_id:
+                    raise Rejected("duplicate_id", f"id {event['event_id']} was already kept")
+            except Rejected as rejected:
+                quarantined.append(
+                    {
+                        "partition_date": self.partition_date,
+                        "source_event_id": None if row.get("id") is None else str(row.get("id")),
+                        "reason": rejected.reason,
+                        "detail": rejected.detail,
+                        "raw_row": raw_row_json(row),
+                        "quarantined_at": self.now,
+                    }
+                )
+                continue
+            self._last_kept_id = event["event_id"]
+            clean_rows.append(event)
+        return clean_rows, quarantined

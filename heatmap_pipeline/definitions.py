@@ -1,0 +1,47 @@
+"""The wiring table of contents: ``defs`` is what ``dagster dev`` and the workspace load."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from heatmap_pipeline.assets.events import build_game_events_asset
+from heatmap_pipeline.assets.heatmaps import build_level_heatmaps_asset
+from heatmap_pipeline.assets.sessions import build_session_stats_asset
+from heatmap_pipeline.jobs import build_etl_job, build_heatmap_job
+from heatmap_pipeline.partitions import date_partitions, heatmap_partitions
+from heatmap_pipeline.resources import SourceDatabase, WarehouseDatabase
+from heatmap_pipeline.schedules import build_etl_schedule, build_heatmap_schedule
+from heatmap_pipeline.settings import Settings, load_settings
+
+
+def build_resources(settings: Settings) -> dict:
+    """Resources read their URLs from EnvVar; with DATABASE_URL unset, the embedded demo SQLite."""
+    if settings.database_url:
+        source = SourceDatabase(url=dg.EnvVar("DATABASE_URL"))
+    else:
+        source = SourceDatabase(url=settings.source_url, demo=True)
+    if settings.warehouse_database_url:
+        warehouse = WarehouseDatabase(url=dg.EnvVar("WAREHOUSE_DATABASE_URL"))
+    elif settings.database_url:
+        warehouse = WarehouseDatabase(url=dg.EnvVar("DATABASE_URL"))
+    else:
+        warehouse = WarehouseDatabase(url=settings.source_url)
+    return {"source": source, "warehouse": warehouse}
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    dates, heatmap_keys = date_partitions(settings), heatmap_partitions(settings)
+    etl_job, heatmap_job = build_etl_job(dates), build_heatmap_job(heatmap_keys)
+    return dg.Definitions(
+        assets=[
+            build_game_events_asset(settings, dates),
+            build_session_stats_asset(dates),
+            build_level_heatmaps_asset(settings, heatmap_keys),
+        ],
+        jobs=[etl_job, heatmap_job],
+        schedules=[build_etl_schedule(settings, etl_job), build_heatmap_schedule(settings, heatmap_job)],
+        resources=build_resources(settings),
+    )
+
+
+defs = build_definitions(load_settings())

@@ -1,0 +1,164 @@
+"""The warehouse schema, as SQLAlchemy Core tables. Every other module imports tables from here.
+
+``heatmaps`` and ``leaderboard_aggregates`` keep the old system's names and columns, so
+existing readers (the game's ``/api/v1/heatmap``, dashboards) keep working; we only add
+columns. :func:`ensure_warehouse_schema` creates what is missing and adds missing columns
+to tables an old deployment already has.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+# --- The game backend's table (not ours: we read it; the demo and the tests create it) -----
+source_metadata = sa.MetaData()
+
+events = sa.Table(
+    "events",
+    source_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.String(128)),
+    sa.Column("session_id", sa.String(128)),
+    sa.Column("event_type", sa.String(64)),
+    sa.Column("event_name", sa.String(128)),
+    sa.Column("event_category", sa.String(64)),
+    sa.Column("payload", sa.JSON),
+    sa.Column("timestamp", sa.DateTime(timezone=True)),
+    sa.Column("created_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_events_timestamp", "timestamp"),
+)
+
+SOURCE_EVENT_COLUMNS = (
+    "id", "user_id", "session_id", "event_type", "event_name", "event_category", "payload", "timestamp", "created_at",
+)
+
+# --- The warehouse: tables this project owns ------------------------------------------------
+metadata = sa.MetaData()
+
+game_events = sa.Table(
+    "game_events",
+    metadata,
+    sa.Column("event_date", sa.Date, primary_key=True, comment="UTC day of ts: the daily partition"),
+    sa.Column("event_id", sa.String(64), primary_key=True, comment="events.id of the source row"),
+    sa.Column("user_id", sa.String(128)),
+    sa.Column("session_id", sa.String(128)),
+    sa.Column("event_type", sa.String(64)),
+    sa.Column("event_name", sa.String(128)),
+    sa.Column("event_category", sa.String(64)),
+    sa.Column("ts", sa.DateTime(timezone=False), nullable=False, comment="event time, UTC"),
+    sa.Column("level", sa.String(64), comment="payload level, or HEATMAP_DEFAULT_LEVEL for positions without one"),
+    sa.Column("x", sa.Float),
+    sa.Column("y", sa.Float),
+    sa.Column("score", sa.Float),
+    sa.Column("final_score", sa.Float),
+    sa.Column("payload", sa.Text, comment="the payload as JSON text, for anything not typed above"),
+    sa.Column("created_at", sa.DateTime(timezone=False)),
+    sa.Index("ix_game_events_date_level", "event_date", "level"),
+    sa.Index("ix_game_events_session", "session_id"),
+)
+
+quarantined_events = sa.Table(
+    "quarantined_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("partition_date", sa.Date, nullable=False),
+    sa.Column("source_event_id", sa.String(64)),
+    sa.Column("reason", sa.String(64), nullable=False, comment="machine-readable, see core/cleaning.py REASONS"),
+    sa.Column("detail", sa.Text),
+    sa.Column("raw_row", sa.Text, nullable=False, comment="the source row as JSON text"),
+    sa.Column("quarantined_at", sa.DateTime(timezone=False), nullable=False),
+    sa.Index("ix_quarantined_events_partition", "partition_date", "reason"),
+)
+
+session_stats = sa.Table(
+    "session_stats",
+    metadata,
+    sa.Column("event_date", sa.Date, primary_key=True),
+    sa.Column("session_id", sa.String(128), primary_key=True),
+    sa.Column("user_id", sa.String(128)),
+    sa.Column("first_event_at", sa.DateTime(timezone=False)),
+    sa.Column("last_event_at", sa.DateTime(timezone=False)),
+    sa.Column("duration_seconds", sa.Float),
+    sa.Column("event_count", sa.Integer, nullable=False),
+    sa.Column("max_score", sa.Float),
+    sa.Column("final_score", sa.Float),
+    sa.Column("levels_played", sa.Text, comment="comma-separated, sorted"),
+    sa.Column("deaths", sa.Integer, nullable=False),
+)
+
+# The old ETL's table: one row per session over all days (the old job appended duplicates).
+leaderboard_aggregates = sa.Table(
+    "leaderboard_aggregates",
+    metadata,
+    sa.Column("session_id", sa.String(128), primary_key=True),
+    sa.Column("event_count", sa.Integer, nullable=False),
+    sa.Column("score_max", sa.Float),
+    sa.Column("updated_at", sa.DateTime(timezone=False)),
+)
+
+# The old heatmap table. level/date/grid_size/matrix are the old columns, in the old types:
+# matrix rows are y bins, columns are x bins.
+heatmaps = sa.Table(
+    "heatmaps",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("level", sa.String(64), nullable=False),
+    sa.Column("date", sa.Date, nullable=False),
+    sa.Column("grid_size", sa.String(16), nullable=False),
+    sa.Column("matrix", sa.JSON, nullable=False),
+    sa.Column("x_min", sa.Float),
+    sa.Column("x_max", sa.Float),
+    sa.Column("y_min", sa.Float),
+    sa.Column("y_max", sa.Float),
+    sa.Column("bounds_source", sa.String(16), comment="'fixed' (HEATMAP_BOUNDS) or 'auto' (the day's own min/max)"),
+    sa.Column("total", sa.Float),
+    sa.Column("max_count", sa.Float),
+    sa.Column("nonempty_cells", sa.Integer),
+    sa.Column("out_of_bounds", sa.Integer),
+    sa.Column("updated_at", sa.DateTime(timezone=False)),
+    sa.UniqueConstraint("level", "date", name="uq_heatmaps_level_date"),
+)
+
+admin_trigger_requests = sa.Table(
+    "admin_trigger_requests",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("tasks", sa.JSON, nullable=False),
+    sa.Column("levels", sa.JSON, nullable=False),
+    sa.Column("date", sa.Date, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, comment="pending, launching, launched, done, error"),
+    sa.Column("run_ids", sa.JSON, nullable=False),
+    sa.Column("launched_by", sa.String(32), comment="'endpoint' or 'sensor'"),
+    sa.Column("requester", sa.String(128)),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=False), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=False), nullable=False),
+    sa.Index("ix_admin_trigger_requests_state", "state"),
+)
+
+
+def _add_missing_columns(conn: sa.Connection, table: sa.Table) -> None:
+    existing = {col["name"] for col in sa.inspect(conn).get_columns(table.name)}
+    for column in table.columns:
+        if column.name not in existing and not column.primary_key:
+            col_type = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {col_type}'))
+
+
+def ensure_warehouse_schema(engine: sa.Engine) -> None:
+    """Create our tables if missing, and bring an old deployment's tables up to date (idempotent)."""
+    with engine.begin() as conn:
+        inspector = sa.inspect(conn)
+        old_tables = {t.name for t in metadata.sorted_tables if inspector.has_table(t.name)}
+        metadata.create_all(conn, checkfirst=True)
+        for name in ("heatmaps", "leaderboard_aggregates"):
+            if name in old_tables:
+                _add_missing_columns(conn, metadata.tables[name])
+        if "heatmaps" in old_tables:
+            # An old table may lack the unique (level, date) our upsert relies on.
+            conn.execute(sa.text("CREATE UNIQUE INDEX IF NOT EXISTS uq_heatmaps_level_date_idx ON heatmaps (level, date)"))
+
+
+def ensure_source_schema(engine: sa.Engine) -> None:
+    """Create the game backend's ``events`` table (demo and tests only) and its timestamp index."""
+    source_metadata.create_all(engine, checkfirst=True)

@@ -1,0 +1,178 @@
+"""Per (date, level) heatmaps from ``game_events``, binned inside the database, upserted into ``heatmaps``.
+
+The database returns at most grid_size**2 rows (one per non-empty cell), never the points.
+The cell expression reproduces ``np.histogram2d`` exactly: it takes a first guess with
+floor((v - lo) / step), then corrects it by one against the very edges ``np.linspace``
+computes (``i * step + lo``, the last edge being ``hi``), in the same float64 arithmetic.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+import sqlalchemy as sa
+
+from heatmap_pipeline.core.binning import GridBounds, HeatmapAccumulator, auto_bounds, matrix_summary, matrix_to_json
+from heatmap_pipeline.schema import game_events, heatmaps
+
+
+@dataclass
+class HeatmapResult:
+    level: str
+    date: dt.date
+    grid_size: int
+    matrix: np.ndarray
+    bounds: GridBounds | None
+    bounds_source: str
+    points: int  # position events of that level and day
+    out_of_bounds: int
+
+    @property
+    def summary(self) -> dict:
+        return matrix_summary(self.matrix)
+
+
+def _positions(day: dt.date, level: str):
+    return sa.and_(
+        game_events.c.event_date == day,
+        game_events.c.level == level,
+        game_events.c.x.is_not(None),
+        game_events.c.y.is_not(None),
+    )
+
+
+def _first_guess(dialect: str, value: str, lo: str, step: str) -> str:
+    if dialect == "postgresql":
+        return f"CAST(FLOOR(({value} - {lo}) / {step}) AS BIGINT)"
+    return f"CAST(({value} - {lo}) / {step} AS INTEGER)"  # non-negative here, so truncation is floor
+
+
+def _clamped(guess: str, last: str) -> str:
+    return f"CASE WHEN {guess} > {last} THEN {last} WHEN {guess} < 0 THEN 0 ELSE {guess} END"
+
+
+def _corrected(value: str, cell: str, lo: str, hi: str, step: str, last: str) -> str:
+    edge = f"(CAST({cell} AS DOUBLE PRECISION) * {step} + {lo})"
+    next_edge = f"(CAST({cell} + 1 AS DOUBLE PRECISION) * {step} + {lo})"
+    return (
+        f"CASE WHEN {value} = {hi} THEN {last} "
+        f"WHEN {value} < {edge} THEN {cell} - 1 "
+        f"WHEN {cell} < {last} AND {value} >= {next_edge} THEN {cell} + 1 "
+        f"ELSE {cell} END"
+    )
+
+
+def cell_counts_sql(dialect: str) -> str:
+    """SQL returning (row, col, count) for one (date, level) within bounds."""
+    dbl = "DOUBLE PRECISION" if dialect == "postgresql" else "REAL"
+    p = {name: f"CAST(:{name} AS {dbl})" for name in ("x0", "x1", "sx", "y0", "y1", "sy")}
+    last = ":last"
+    cx = _corrected("x", "gx", p["x0"], p["x1"], p["sx"], last).replace("DOUBLE PRECISION", dbl)
+    cy = _corrected("y", "gy", p["y0"], p["y1"], p["sy"], last).replace("DOUBLE PRECISION", dbl)
+    return f"""
+        SELECT cy, cx, COUNT(*) AS n FROM (
+            SELECT {cx} AS cx, {cy} AS cy FROM (
+                SELECT x, y,
+                       {_clamped("rx", last)} AS gx,
+                       {_clamped("ry", last)} AS gy
+                FROM (
+                    SELECT x, y,
+                           {_first_guess(dialect, "x", p["x0"], p["sx"])} AS rx,
+                           {_first_guess(dialect, "y", p["y0"], p["sy"])} AS ry
+                    FROM game_events
+                    WHERE event_date = :day AND level = :level
+                      AND x IS NOT NULL AND y IS NOT NULL
+                      AND x >= {p["x0"]} AND x <= {p["x1"]} AND y >= {p["y0"]} AND y <= {p["y1"]}
+                ) guessed
+            ) clamped
+        ) cells
+        GROUP BY cy, cx
+    """
+
+
+def compute_heatmap(
+    warehouse: sa.Engine, day: dt.date, level: str, grid_size: int, fixed_bounds: GridBounds | None = None
+) -> HeatmapResult:
+    """Bin the day's positions of one level in SQL; auto bounds come from the day's min/max."""
+    with warehouse.connect() as conn:
+        stats = conn.execute(
+            sa.select(
+                sa.func.count(),
+                sa.func.min(game_events.c.x),
+                sa.func.max(game_events.c.x),
+                sa.func.min(game_events.c.y),
+                sa.func.max(game_events.c.y),
+            ).where(_positions(day, level))
+        ).one()
+        points = int(stats[0])
+        if fixed_bounds is not None:
+            bounds, source = fixed_bounds, "fixed"
+        elif points:
+            bounds, source = auto_bounds(*stats[1:]), "auto"
+        else:
+            bounds, source = None, "auto"  # an empty day has no range of its own
+        accumulator = HeatmapAccumulator(bounds or GridBounds(0, 1, 0, 1), grid_size)
+        if points and bounds is not None:
+            date_param = day if warehouse.dialect.name == "postgresql" else day.isoformat()
+            cells = conn.execute(
+                sa.text(cell_counts_sql(warehouse.dialect.name)),
+                {
+                    "day": date_param,
+                    "level": level,
+                    "x0": bounds.x_min,
+                    "x1": bounds.x_max,
+                    "sx": (bounds.x_max - bounds.x_min) / grid_size,
+                    "y0": bounds.y_min,
+                    "y1": bounds.y_max,
+                    "sy": (bounds.y_max - bounds.y_min) / grid_size,
+                    "last": grid_size - 1,
+                },
+            ).all()
+            if cells:
+                rows, cols, counts = zip(*cells)
+                accumulator.add_cells(rows, cols, counts)
+    matrix = accumulator.matrix
+    inside = int(matrix.sum())
+    return HeatmapResult(
+        level=level,
+        date=day,
+        grid_size=grid_size,
+        matrix=matrix,
+        bounds=bounds,
+        bounds_source=source,
+        points=points,
+        out_of_bounds=points - inside,
+    )
+
+
+def upsert_heatmap(warehouse: sa.Engine, result: HeatmapResult, now: dt.datetime) -> None:
+    """Replace the (level, date) row in one transaction; old readers see level/date/grid_size/matrix."""
+    summary = result.summary
+    bounds = result.bounds
+    row = {
+        "level": result.level,
+        "date": result.date,
+        "grid_size": str(result.grid_size),
+        "matrix": matrix_to_json(result.matrix),
+        "x_min": bounds.x_min if bounds else None,
+        "x_max": bounds.x_max if bounds else None,
+        "y_min": bounds.y_min if bounds else None,
+        "y_max": bounds.y_max if bounds else None,
+        "bounds_source": result.bounds_source,
+        "total": summary["sum"],
+        "max_count": summary["max"],
+        "nonempty_cells": summary["nonempty_cells"],
+        "out_of_bounds": result.out_of_bounds,
+        "updated_at": now,
+    }
+    with warehouse.begin() as conn:
+        conn.execute(heatmaps.delete().where(heatmaps.c.level == result.level, heatmaps.c.date == result.date))
+        conn.execute(heatmaps.insert(), [row])
+
+
+def read_heatmap(warehouse: sa.Engine, level: str, day: dt.date) -> dict | None:
+    with warehouse.connect() as conn:
+        row = conn.execute(sa.select(heatmaps).where(heatmaps.c.level == level, heatmaps.c.date == day)).mappings().first()
+    return dict(row) if row else None

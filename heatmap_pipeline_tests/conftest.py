@@ -1,0 +1,81 @@
+"""Fixtures: a fresh SQLite file or a fresh PostgreSQL database per test, and a Dagster instance.
+
+PostgreSQL tests use the real server at HEATMAP_TEST_POSTGRES_URL (default: the local trust
+server). Without it they skip and say why - unless CI=true or HEATMAP_REQUIRE_POSTGRES=1,
+where a missing server fails the run instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+ADMIN_POSTGRES_URL = os.environ.get("HEATMAP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REQUIRE_POSTGRES = os.environ.get("CI", "").lower() == "true" or os.environ.get("HEATMAP_REQUIRE_POSTGRES") == "1"
+
+
+def _postgres_unavailable_reason() -> str | None:
+    try:
+        engine = sa.create_engine(ADMIN_POSTGRES_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        return f"PostgreSQL not reachable at {ADMIN_POSTGRES_URL}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+
+
+_PG_REASON: list[str | None] = []
+
+
+def postgres_reason() -> str | None:
+    if not _PG_REASON:
+        _PG_REASON.append(_postgres_unavailable_reason())
+    return _PG_REASON[0]
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'game.sqlite'}"
+
+
+@pytest.fixture
+def postgres_url():
+    """A brand-new PostgreSQL database for this test, dropped afterwards."""
+    reason = postgres_reason()
+    if reason:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"{reason} (required: CI=true or HEATMAP_REQUIRE_POSTGRES=1)")
+        pytest.skip(reason)
+    name = f"hp_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(ADMIN_POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(ADMIN_POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        from heatmap_pipeline.db import get_engine
+
+        get_engine.cache_clear()  # close pooled connections before dropping
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request):
+    """Runs the test once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
