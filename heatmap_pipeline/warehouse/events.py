@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from heatmap_pipeline.core.cleaning import CleaningRules, EventCleaner
 from heatmap_pipeline.schema import SOURCE_EVENT_COLUMNS, game_events, quarantined_events
+from heatmap_pipeline.warehouse.locks import lock_partition
 
 
 class SourceSchemaError(RuntimeError):
@@ -89,6 +90,8 @@ def count_source_day(engine: sa.Engine, day: dt.date) -> int:
 
 
 def delete_partition(conn: sa.Connection, day: dt.date) -> None:
+    """Take the partition's write lock and empty it (the caller inserts in the same transaction)."""
+    lock_partition(conn, "game_events", day)
     conn.execute(game_events.delete().where(game_events.c.event_date == day))
     conn.execute(quarantined_events.delete().where(quarantined_events.c.partition_date == day))
 

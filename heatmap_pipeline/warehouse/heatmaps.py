@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from heatmap_pipeline.core.binning import GridBounds, HeatmapAccumulator, auto_bounds, matrix_summary, matrix_to_json
 from heatmap_pipeline.schema import game_events, heatmaps
+from heatmap_pipeline.warehouse.locks import lock_partition
 
 
 @dataclass
@@ -168,6 +169,7 @@ def upsert_heatmap(warehouse: sa.Engine, result: HeatmapResult, now: dt.datetime
         "updated_at": now,
     }
     with warehouse.begin() as conn:
+        lock_partition(conn, "heatmaps", result.level, result.date)
         conn.execute(heatmaps.delete().where(heatmaps.c.level == result.level, heatmaps.c.date == result.date))
         conn.execute(heatmaps.insert(), [row])
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from heatmap_pipeline.schema import game_events, leaderboard_aggregates, session_stats
+from heatmap_pipeline.warehouse.locks import lock_partition
 
 NO_SESSION = "(none)"  # events without a session_id are summed under this id, not dropped
 DEATH_EVENTS = ("death", "player_death")
@@ -86,6 +87,7 @@ def _level_sort_key(level: str):
 def replace_session_partition(warehouse: sa.Engine, day: dt.date, now: dt.datetime) -> SessionResult:
     """Recompute the day's ``session_stats`` and the touched sessions' leaderboard rows, in one transaction."""
     with warehouse.begin() as conn:
+        lock_partition(conn, "session_stats", day)
         rows = build_session_rows(conn, day)
         conn.execute(session_stats.delete().where(session_stats.c.event_date == day))
         if rows:
