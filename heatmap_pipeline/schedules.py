@@ -25,6 +25,11 @@ IN_FLIGHT = [
 TRIGGER_TAG = "heatmap_pipeline/trigger"
 
 
+def _cron(minutes: int) -> str | list[str]:
+    crons = interval_cron_schedules(minutes)
+    return crons[0] if len(crons) == 1 else crons  # one string reads better in the UI
+
+
 def partition_in_flight(instance: dg.DagsterInstance, job_name: str, partition_key: str) -> bool:
     runs = instance.get_run_records(
         filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT, tags={"dagster/partition": partition_key}),
@@ -67,7 +72,7 @@ def build_etl_schedule(settings: Settings, job) -> dg.ScheduleDefinition:
     @dg.schedule(
         name="etl_schedule",
         job=job,
-        cron_schedule=interval_cron_schedules(minutes),
+        cron_schedule=_cron(minutes),
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"ETL of today's partition every {minutes} min (ETL_INTERVAL_MINUTES); yesterday's too after midnight.",
@@ -86,7 +91,7 @@ def build_heatmap_schedule(settings: Settings, job) -> dg.ScheduleDefinition:
     @dg.schedule(
         name="heatmap_schedule",
         job=job,
-        cron_schedule=interval_cron_schedules(minutes),
+        cron_schedule=_cron(minutes),
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"Heatmaps of today for every level every {minutes} min (HEATMAP_INTERVAL_MINUTES).",

@@ -84,12 +84,12 @@ def build_defs(monkeypatch, url: str | None, **extra: str) -> dg.Definitions:
 
 
 def materialize_etl(defs: dg.Definitions, day: str, instance=None) -> dg.ExecuteInProcessResult:
-    return defs.get_job_def("etl_job").execute_in_process(partition_key=day, instance=instance)
+    return defs.resolve_job_def("etl_job").execute_in_process(partition_key=day, instance=instance)
 
 
 def materialize_heatmap(defs: dg.Definitions, day: str, level: str, instance=None) -> dg.ExecuteInProcessResult:
     key = dg.MultiPartitionKey({"date": day, "level": level})
-    return defs.get_job_def("heatmap_job").execute_in_process(partition_key=key, instance=instance)
+    return defs.resolve_job_def("heatmap_job").execute_in_process(partition_key=key, instance=instance)
 
 
 def table_rows(url: str, table: sa.Table, order_by=None) -> list[dict]:
