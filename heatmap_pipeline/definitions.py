@@ -7,10 +7,14 @@ import dagster as dg
 from heatmap_pipeline.assets.events import build_game_events_asset
 from heatmap_pipeline.assets.heatmaps import build_level_heatmaps_asset
 from heatmap_pipeline.assets.sessions import build_session_stats_asset
+from heatmap_pipeline.checks import build_checks
 from heatmap_pipeline.jobs import build_etl_job, build_heatmap_job
+from heatmap_pipeline.late_data import build_late_data_sensors
 from heatmap_pipeline.partitions import date_partitions, heatmap_partitions
 from heatmap_pipeline.resources import SourceDatabase, WarehouseDatabase
+from heatmap_pipeline.retries import db_retry_policy
 from heatmap_pipeline.schedules import build_etl_schedule, build_heatmap_schedule
+from heatmap_pipeline.sensors import build_admin_trigger_sensor
 from heatmap_pipeline.settings import Settings, load_settings
 
 
@@ -35,12 +39,19 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[
             build_game_events_asset(settings, dates),
-            build_session_stats_asset(dates),
+            build_session_stats_asset(dates, db_retry_policy(settings)),
             build_level_heatmaps_asset(settings, heatmap_keys),
         ],
+        asset_checks=build_checks(settings, dates, heatmap_keys),
         jobs=[etl_job, heatmap_job],
         schedules=[build_etl_schedule(settings, etl_job), build_heatmap_schedule(settings, heatmap_job)],
+        sensors=[
+            *build_late_data_sensors(settings, etl_job, heatmap_job),
+            build_admin_trigger_sensor(settings, etl_job, heatmap_job),
+        ],
         resources=build_resources(settings),
+        # Steps are short and database-bound: one process per run, not one per step.
+        executor=dg.in_process_executor,
     )
 
 

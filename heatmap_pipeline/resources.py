@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 
 import dagster as dg
 import sqlalchemy as sa
@@ -35,6 +36,9 @@ class SourceDatabase(dg.ConfigurableResource):
         return redact(self.url)
 
 
+_schema_checked: "weakref.WeakSet[sa.Engine]" = weakref.WeakSet()
+
+
 class WarehouseDatabase(dg.ConfigurableResource):
     """Where our tables live (WAREHOUSE_DATABASE_URL, by default the same as DATABASE_URL)."""
 
@@ -43,7 +47,9 @@ class WarehouseDatabase(dg.ConfigurableResource):
     def engine(self) -> sa.Engine:
         """The warehouse engine, with our tables created or migrated (cheap when they exist)."""
         engine = get_engine(self.url)
-        ensure_warehouse_schema(engine)
+        if engine not in _schema_checked:  # once per engine and process, not on every call
+            ensure_warehouse_schema(engine)
+            _schema_checked.add(engine)
         return engine
 
     @property

@@ -26,6 +26,7 @@ events = sa.Table(
     sa.Column("timestamp", sa.DateTime(timezone=True)),
     sa.Column("created_at", sa.DateTime(timezone=True)),
     sa.Index("ix_events_timestamp", "timestamp"),
+    sa.Index("ix_events_created_at", "created_at"),  # the late-events sensor reads created_at > cursor
 )
 
 SOURCE_EVENT_COLUMNS = (
@@ -53,7 +54,9 @@ game_events = sa.Table(
     sa.Column("final_score", sa.Float),
     sa.Column("payload", sa.Text, comment="the payload as JSON text, for anything not typed above"),
     sa.Column("created_at", sa.DateTime(timezone=False)),
-    sa.Index("ix_game_events_date_level", "event_date", "level"),
+    # PostgreSQL: covering, so the heatmap queries (per date and level, reading x and y) are
+    # index-only scans once autovacuum has marked the pages all-visible.
+    sa.Index("ix_game_events_date_level", "event_date", "level", postgresql_include=["x", "y"]),
     sa.Index("ix_game_events_session", "session_id"),
 )
 
@@ -127,12 +130,15 @@ admin_trigger_requests = sa.Table(
     sa.Column("levels", sa.JSON, nullable=False),
     sa.Column("date", sa.Date, nullable=False),
     sa.Column("state", sa.String(16), nullable=False, comment="pending, launching, launched, done, error"),
-    sa.Column("run_ids", sa.JSON, nullable=False),
-    sa.Column("launched_by", sa.String(32), comment="'endpoint' or 'sensor'"),
-    sa.Column("requester", sa.String(128)),
+    sa.Column("stage", sa.String(16), nullable=False, comment="the task being launched or run: etl, then heatmap"),
+    sa.Column("run_ids", sa.JSON, nullable=False, comment='{"etl": run id, "heatmap:<level>": run id}'),
+    sa.Column("run_statuses", sa.JSON, comment="last Dagster status seen per run slot, same keys as run_ids"),
+    sa.Column("launched_by", sa.String(32), comment="who claimed the current stage: 'endpoint' or 'sensor'"),
+    sa.Column("requester", sa.String(128), comment="client address of the HTTP request"),
     sa.Column("error", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=False), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=False), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=False)),
     sa.Index("ix_admin_trigger_requests_state", "state"),
 )
 
@@ -147,7 +153,10 @@ def _add_missing_columns(conn: sa.Connection, table: sa.Table) -> None:
 
 def ensure_warehouse_schema(engine: sa.Engine) -> None:
     """Create our tables if missing, and bring an old deployment's tables up to date (idempotent)."""
+    from heatmap_pipeline.warehouse.locks import lock_partition
+
     with engine.begin() as conn:
+        lock_partition(conn, "schema")  # two first runs at once must not both create the tables
         inspector = sa.inspect(conn)
         old_tables = {t.name for t in metadata.sorted_tables if inspector.has_table(t.name)}
         metadata.create_all(conn, checkfirst=True)

@@ -33,7 +33,16 @@ VARIABLES: list[tuple[str, str, str]] = [
     ("FUTURE_TOLERANCE_MINUTES", "10", "Events stamped further than this in the future are quarantined."),
     ("MAX_PAYLOAD_BYTES", "65536", "Payloads larger than this are quarantined."),
     ("ETL_CHUNK_SIZE", "50000", "Rows per chunk when streaming events between databases."),
+    ("DB_RETRY_MAX_RETRIES", "3", "Retries of an asset step after a transient database error (0-10)."),
+    ("DB_RETRY_DELAY_SECONDS", "10", "First retry delay in seconds, doubled at each retry (0-3600)."),
     ("ADMIN_API_KEY", "(none: admin endpoint answers 503)", "One key or a comma-separated list (rotation) for the admin API and the UI."),
+    ("ADMIN_HOST", "127.0.0.1", "Interface the admin API (POST /admin/run-jobs) listens on."),
+    ("ADMIN_PORT", "8000", "Port of the admin API (1-65535)."),
+    ("DAGSTER_UI_PORT", "3000", "Port of the authenticated Dagster webserver started by `heatmap-pipeline dev` (1-65535)."),
+    ("DAGSTER_GRAPHQL_URL", "http://127.0.0.1:$DAGSTER_UI_PORT/graphql", "Dagster GraphQL endpoint the admin API launches runs through."),
+    ("ADMIN_WAIT_TIMEOUT_SECONDS", "600", "How long POST /admin/run-jobs waits for its runs before answering 202 (1-86400)."),
+    ("ADMIN_SENSOR_INTERVAL_SECONDS", "10", "Minimum seconds between admin_trigger_sensor ticks (1-3600)."),
+    ("DAGSTER_UI_ANONYMOUS_READ_ONLY", "false", "true: the Dagster UI is readable without a key (launches still need one)."),
     ("HEATMAP_PIPELINE_HOME", "./.heatmap_pipeline", "Data directory of the embedded default (SQLite file, DAGSTER_HOME)."),
 ]
 
@@ -68,7 +77,16 @@ class Settings:
     future_tolerance_minutes: float = 10.0
     max_payload_bytes: int = 65536
     etl_chunk_size: int = 50000
-    admin_api_keys: tuple[str, ...] = ()
+    db_retry_max_retries: int = 3
+    db_retry_delay_seconds: float = 10.0
+    admin_api_keys: tuple[str, ...] = field(default=(), repr=False)  # keys never reach logs
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8000
+    dagster_ui_port: int = 3000
+    dagster_graphql_url: str = "http://127.0.0.1:3000/graphql"
+    admin_wait_timeout_seconds: float = 600.0
+    admin_sensor_interval_seconds: int = 10
+    dagster_ui_anonymous_read_only: bool = False
     home: Path = Path(".heatmap_pipeline")
 
     @property
@@ -173,6 +191,36 @@ def _database_url(env: Mapping[str, str], name: str) -> str | None:
         raise SettingsError(f"{name}: {exc}") from None
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean; use true or false (default {str(default).lower()}).")
+
+
+def _graphql_url(env: Mapping[str, str], ui_port: int) -> str:
+    name = "DAGSTER_GRAPHQL_URL"
+    raw = env.get(name, "").strip()
+    if not raw:
+        return f"http://127.0.0.1:{ui_port}/graphql"
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(raw)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} has an invalid port; expected e.g. http://127.0.0.1:3000/graphql.") from None
+    if parts.username or parts.password:  # do not echo a password back
+        raise SettingsError(f"{name} must not hold credentials; the admin API authenticates with ADMIN_API_KEY.")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise SettingsError(f"{name}={raw!r} is not an http(s) URL; expected e.g. http://127.0.0.1:3000/graphql.")
+    return raw
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting; raise SettingsError naming the first bad variable."""
     env = os.environ if env is None else env
@@ -189,6 +237,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         part.strip() for part in (env.get("POSITION_EVENT_TYPES") or "move,position").split(",") if part.strip()
     )
     keys = tuple(k.strip() for k in env.get("ADMIN_API_KEY", "").split(",") if k.strip())
+    ui_port = _number(env, "DAGSTER_UI_PORT", 3000, 1, 65535)
     return Settings(
         database_url=_database_url(env, "DATABASE_URL"),
         warehouse_database_url=_database_url(env, "WAREHOUSE_DATABASE_URL"),
@@ -203,6 +252,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         future_tolerance_minutes=_number(env, "FUTURE_TOLERANCE_MINUTES", 10.0, 0.0, 525600.0, float),
         max_payload_bytes=_number(env, "MAX_PAYLOAD_BYTES", 65536, 64, 64 * 1024 * 1024),
         etl_chunk_size=_number(env, "ETL_CHUNK_SIZE", 50000, 100, 1_000_000),
+        db_retry_max_retries=_number(env, "DB_RETRY_MAX_RETRIES", 3, 0, 10),
+        db_retry_delay_seconds=_number(env, "DB_RETRY_DELAY_SECONDS", 10.0, 0.0, 3600.0, float),
         admin_api_keys=keys,
+        admin_host=env.get("ADMIN_HOST", "").strip() or "127.0.0.1",
+        admin_port=_number(env, "ADMIN_PORT", 8000, 1, 65535),
+        dagster_ui_port=ui_port,
+        dagster_graphql_url=_graphql_url(env, ui_port),
+        admin_wait_timeout_seconds=_number(env, "ADMIN_WAIT_TIMEOUT_SECONDS", 600.0, 1.0, 86400.0, float),
+        admin_sensor_interval_seconds=_number(env, "ADMIN_SENSOR_INTERVAL_SECONDS", 10, 1, 3600),
+        dagster_ui_anonymous_read_only=_flag(env, "DAGSTER_UI_ANONYMOUS_READ_ONLY", False),
         home=Path(env.get("HEATMAP_PIPELINE_HOME", "").strip() or ".heatmap_pipeline"),
     )

@@ -8,6 +8,7 @@ from heatmap_pipeline.assets import GROUP
 from heatmap_pipeline.assets.common import partition_days, utcnow
 from heatmap_pipeline.core.cleaning import CleaningRules
 from heatmap_pipeline.resources import SourceDatabase, WarehouseDatabase
+from heatmap_pipeline.retries import db_retry_policy, reports_database_errors
 from heatmap_pipeline.settings import Settings
 from heatmap_pipeline.warehouse.events import load_partition
 
@@ -31,9 +32,11 @@ def build_game_events_asset(settings: Settings, partitions: dg.PartitionsDefinit
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"sql"},
+        retry_policy=db_retry_policy(settings),
         description="Cleaned, typed events of one UTC day (table game_events); malformed rows go to "
         "quarantined_events with a reason." + demo_note,
     )
+    @reports_database_errors
     def game_events(
         context: dg.AssetExecutionContext, source: SourceDatabase, warehouse: WarehouseDatabase
     ) -> dg.MaterializeResult:

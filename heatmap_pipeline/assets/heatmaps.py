@@ -10,6 +10,7 @@ from heatmap_pipeline.assets.common import utcnow
 from heatmap_pipeline.core.binning import GridBounds
 from heatmap_pipeline.core.render import render_heatmap_png
 from heatmap_pipeline.resources import WarehouseDatabase
+from heatmap_pipeline.retries import db_retry_policy, reports_database_errors
 from heatmap_pipeline.settings import Settings
 from heatmap_pipeline.warehouse.heatmaps import compute_heatmap, upsert_heatmap
 
@@ -30,9 +31,11 @@ def build_level_heatmaps_asset(settings: Settings, partitions: dg.MultiPartition
         partitions_def=partitions,
         deps=["game_events"],
         kinds={"sql", "numpy"},
+        retry_policy=db_retry_policy(settings),
         description=f"Position counts of one level on one UTC day on a {settings.heatmap_grid_size}x"
         f"{settings.heatmap_grid_size} grid (table heatmaps; matrix rows = y bins, columns = x bins).",
     )
+    @reports_database_errors
     def level_heatmaps(context: dg.AssetExecutionContext, warehouse: WarehouseDatabase) -> dg.MaterializeResult:
         keys = context.partition_key.keys_by_dimension
         day, level = dt.date.fromisoformat(keys["date"]), keys["level"]

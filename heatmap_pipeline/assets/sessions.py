@@ -5,10 +5,13 @@ import dagster as dg
 from heatmap_pipeline.assets import GROUP
 from heatmap_pipeline.assets.common import partition_days, utcnow
 from heatmap_pipeline.resources import WarehouseDatabase
+from heatmap_pipeline.retries import reports_database_errors
 from heatmap_pipeline.warehouse.sessions import replace_session_partition
 
 
-def build_session_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+def build_session_stats_asset(
+    partitions: dg.PartitionsDefinition, retry_policy: dg.RetryPolicy | None = None
+) -> dg.AssetsDefinition:
     @dg.asset(
         name="session_stats",
         group_name=GROUP,
@@ -16,9 +19,11 @@ def build_session_stats_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=["game_events"],
         kinds={"sql"},
+        retry_policy=retry_policy,
         description="Per-session stats of one UTC day (table session_stats) and the old "
         "leaderboard_aggregates(session_id, event_count, score_max), one row per session.",
     )
+    @reports_database_errors
     def session_stats(context: dg.AssetExecutionContext, warehouse: WarehouseDatabase) -> dg.MaterializeResult:
         now = utcnow()
         sessions = events = leaderboard = 0

@@ -1,6 +1,6 @@
 """Raw ``events`` rows -> typed game events, or quarantined rows with a reason. No Dagster here.
 
-Rules (the SQL fast path in ``etl_sql.py`` implements the same ones and is tested against this):
+Rules (the SQL fast path in ``warehouse/events_sql.py`` implements the same ones and is tested against this):
 
 * the payload must be a JSON object no larger than ``max_payload_bytes``;
 * a *position event* (payload has ``x`` or ``y``, or ``event_type`` is a position type) needs
@@ -96,7 +96,10 @@ def _number(value: Any, what: str, reason_non_numeric: str, reason_non_finite: s
     if isinstance(value, bool):
         raise Rejected(reason_non_numeric, f"{what}={value!r} is a boolean, not a number")
     if isinstance(value, (int, float)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # a JSON integer beyond float range
+            raise Rejected(reason_non_finite, f"{what} is an integer too large for a float") from None
     elif isinstance(value, str):
         try:
             number = float(value.strip())

@@ -1,20 +1,34 @@
 """Extract one UTC day of ``events``, clean it, and replace the ``game_events`` partition.
 
-The Python path below streams the day in chunks (ordered by id, so duplicates are adjacent)
-through :class:`EventCleaner` and writes the partition in one transaction.
+:func:`load_partition` is the one entry point. It picks:
+
+* the SQL path (``events_sql.py``) when ``events`` lives in the warehouse database: the
+  transformation runs as ``INSERT ... SELECT``; only rows SQL cannot prove clean come back
+  through the Python cleaner, in the same transaction;
+* the Python path otherwise: stream the day in chunks (ordered by id, so duplicates are
+  adjacent) through :class:`EventCleaner`, bulk-loading each chunk (``COPY`` into PostgreSQL,
+  ``executemany`` into SQLite), all in one transaction.
+
+Either way the partition is replaced in one transaction that first takes the partition's
+advisory lock; a failure rolls everything back.
 """
 
 from __future__ import annotations
 
 import collections
 import datetime as dt
+import io
+import logging
 from dataclasses import dataclass, field
+from typing import Iterable, Mapping
 
 import sqlalchemy as sa
 
 from heatmap_pipeline.core.cleaning import CleaningRules, EventCleaner
 from heatmap_pipeline.schema import SOURCE_EVENT_COLUMNS, game_events, quarantined_events
 from heatmap_pipeline.warehouse.locks import lock_partition
+
+log = logging.getLogger(__name__)
 
 
 class SourceSchemaError(RuntimeError):
@@ -29,6 +43,7 @@ class EtlResult:
     quarantined: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     method: str = "python"
+    residue: int = 0  # SQL path: rows handed to the Python cleaner
 
     @property
     def reconciled(self) -> bool:
@@ -96,6 +111,70 @@ def delete_partition(conn: sa.Connection, day: dt.date) -> None:
     conn.execute(quarantined_events.delete().where(quarantined_events.c.partition_date == day))
 
 
+_GAME_EVENT_COLUMNS = [c.name for c in game_events.columns]
+_QUARANTINE_COLUMNS = [c.name for c in quarantined_events.columns if c.name != "id"]
+
+
+def _copy_text(value) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, dt.datetime):
+        value = value.isoformat(sep=" ")
+    elif isinstance(value, float):
+        value = repr(value)
+    text = str(value)
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _copy_rows(conn: sa.Connection, table: sa.Table, columns: list[str], rows: list[dict]) -> None:
+    """PostgreSQL COPY FROM STDIN through the connection's own transaction (psycopg 3 or psycopg2)."""
+    cursor = conn.connection.cursor()
+    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    try:
+        if hasattr(cursor, "copy"):  # psycopg 3
+            with cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row([row[c] for c in columns])
+        else:  # psycopg2: COPY's text format
+            buffer = io.StringIO()
+            for row in rows:
+                buffer.write("\t".join(_copy_text(row[c]) for c in columns))
+                buffer.write("\n")
+            buffer.seek(0)
+            cursor.copy_expert(statement, buffer)
+    finally:
+        cursor.close()
+
+
+def bulk_insert(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
+    """Insert many rows: COPY on PostgreSQL, executemany elsewhere."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        columns = _GAME_EVENT_COLUMNS if table is game_events else _QUARANTINE_COLUMNS
+        _copy_rows(conn, table, columns, rows)
+    else:
+        conn.execute(table.insert(), rows)
+
+
+def write_cleaned_chunks(
+    conn: sa.Connection,
+    chunks: Iterable[Iterable[Mapping]],
+    cleaner: EventCleaner,
+    reasons: collections.Counter,
+) -> tuple[int, int]:
+    """Clean each chunk of raw rows and bulk-load the results; return (clean, quarantined)."""
+    clean = quarantined = 0
+    for chunk in chunks:
+        clean_rows, rejected = cleaner.clean(chunk)
+        bulk_insert(conn, game_events, clean_rows)
+        bulk_insert(conn, quarantined_events, rejected)
+        reasons.update(q["reason"] for q in rejected)
+        clean += len(clean_rows)
+        quarantined += len(rejected)
+    return clean, quarantined
+
+
 def load_partition_python(
     source: sa.Engine,
     warehouse: sa.Engine,
@@ -106,24 +185,21 @@ def load_partition_python(
 ) -> EtlResult:
     """Stream the day from ``source`` in chunks, clean, and replace the partition in one transaction."""
     cleaner = EventCleaner(day, rules, now)
-    result = EtlResult(partition_date=day, method="python")
+    loader = "copy" if warehouse.dialect.name == "postgresql" else "executemany"
+    result = EtlResult(partition_date=day, method=f"python ({loader})")
     reasons: collections.Counter[str] = collections.Counter()
     query = extract_day_query(source, day)
     with warehouse.begin() as write, source.connect() as read:
         delete_partition(write, day)
         rows = read.execution_options(stream_results=True, yield_per=chunk_size).execute(query).mappings()
-        for chunk in rows.partitions(chunk_size):
-            clean_rows, quarantined = cleaner.clean(chunk)
-            if clean_rows:
-                write.execute(game_events.insert(), clean_rows)
-            if quarantined:
-                write.execute(quarantined_events.insert(), quarantined)
-                reasons.update(q["reason"] for q in quarantined)
-            result.clean += len(clean_rows)
-            result.quarantined += len(quarantined)
+        result.clean, result.quarantined = write_cleaned_chunks(write, rows.partitions(chunk_size), cleaner, reasons)
     result.extracted = cleaner.extracted
     result.reasons = dict(sorted(reasons.items()))
     return result
+
+
+def same_database(source: sa.Engine, warehouse: sa.Engine) -> bool:
+    return source.url.render_as_string(hide_password=False) == warehouse.url.render_as_string(hide_password=False)
 
 
 def partition_counts(warehouse: sa.Engine, day: dt.date) -> dict:
@@ -150,5 +226,16 @@ def load_partition(
     now: dt.datetime,
     chunk_size: int = 50_000,
 ) -> EtlResult:
-    """Replace the ``game_events`` partition of ``day``; the one entry point the asset calls."""
+    """Replace the ``game_events`` partition of ``day``; the one entry point the asset calls.
+
+    Same database: the SQL path (falls back to Python when the source's column types are ones
+    it does not handle). Two databases: the streaming Python path with bulk loads.
+    """
+    if same_database(source, warehouse):
+        from heatmap_pipeline.warehouse.events_sql import UnsupportedSource, load_partition_sql
+
+        try:
+            return load_partition_sql(warehouse, day, rules, now, chunk_size)
+        except UnsupportedSource as exc:
+            log.warning("SQL fast path not usable for this source (%s); using the Python path", exc)
     return load_partition_python(source, warehouse, day, rules, now, chunk_size)

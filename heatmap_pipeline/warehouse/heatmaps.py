@@ -1,9 +1,14 @@
 """Per (date, level) heatmaps from ``game_events``, binned inside the database, upserted into ``heatmaps``.
 
 The database returns at most grid_size**2 rows (one per non-empty cell), never the points.
-The cell expression reproduces ``np.histogram2d`` exactly: it takes a first guess with
-floor((v - lo) / step), then corrects it by one against the very edges ``np.linspace``
-computes (``i * step + lo``, the last edge being ``hi``), in the same float64 arithmetic.
+
+Fast path: the database groups the points by a clamped first guess floor((v - lo) / step)
+and returns, per group, the count and the min/max of x and y. Python then checks every group
+against the very edges ``np.linspace`` computes: when each group's min and max lie inside
+its cell's edges, every point of it does, so the counts are exactly ``np.histogram2d``'s.
+Only when some point sits within a rounding error of an edge (the check says so) is the
+exact query run: it corrects each point's guess by one against the edges in SQL, in the
+same float64 arithmetic.
 """
 
 from __future__ import annotations
@@ -14,7 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 import sqlalchemy as sa
 
-from heatmap_pipeline.core.binning import GridBounds, HeatmapAccumulator, auto_bounds, matrix_summary, matrix_to_json
+from heatmap_pipeline.core.binning import (
+    GridBounds,
+    HeatmapAccumulator,
+    auto_bounds,
+    bin_edges,
+    matrix_summary,
+    matrix_to_json,
+)
 from heatmap_pipeline.schema import game_events, heatmaps
 from heatmap_pipeline.warehouse.locks import lock_partition
 
@@ -72,6 +84,9 @@ def cell_counts_sql(dialect: str) -> str:
     last = ":last"
     cx = _corrected("x", "gx", p["x0"], p["x1"], p["sx"], last).replace("DOUBLE PRECISION", dbl)
     cy = _corrected("y", "gy", p["y0"], p["y1"], p["sy"], last).replace("DOUBLE PRECISION", dbl)
+    # Fences keep the planner from inlining the subqueries, which would repeat the floor()
+    # expression once per reference (about ten times per axis) instead of computing it once.
+    fence = "OFFSET 0" if dialect == "postgresql" else "LIMIT -1 OFFSET 0"
     return f"""
         SELECT cy, cx, COUNT(*) AS n FROM (
             SELECT {cx} AS cx, {cy} AS cy FROM (
@@ -86,11 +101,51 @@ def cell_counts_sql(dialect: str) -> str:
                     WHERE event_date = :day AND level = :level
                       AND x IS NOT NULL AND y IS NOT NULL
                       AND x >= {p["x0"]} AND x <= {p["x1"]} AND y >= {p["y0"]} AND y <= {p["y1"]}
+                    {fence}
                 ) guessed
+                {fence}
             ) clamped
         ) cells
         GROUP BY cy, cx
     """
+
+
+def cell_groups_sql(dialect: str) -> str:
+    """SQL returning (row, col, count, min x, max x, min y, max y) per clamped first-guess cell."""
+    dbl = "DOUBLE PRECISION" if dialect == "postgresql" else "REAL"
+    p = {name: f"CAST(:{name} AS {dbl})" for name in ("x0", "x1", "sx", "y0", "y1", "sy")}
+    lo, hi = ("LEAST", "GREATEST") if dialect == "postgresql" else ("MIN", "MAX")
+
+    def cell(value: str, origin: str, step: str) -> str:
+        return f"{lo}({hi}({_first_guess(dialect, value, origin, step)}, 0), :last)"
+
+    return f"""
+        SELECT {cell("y", p["y0"], p["sy"])} AS gy, {cell("x", p["x0"], p["sx"])} AS gx,
+               COUNT(*) AS n, MIN(x), MAX(x), MIN(y), MAX(y)
+        FROM game_events
+        WHERE event_date = :day AND level = :level
+          AND x IS NOT NULL AND y IS NOT NULL
+          AND x >= {p["x0"]} AND x <= {p["x1"]} AND y >= {p["y0"]} AND y <= {p["y1"]}
+        GROUP BY 1, 2
+    """
+
+
+def groups_are_exact(groups: list, bounds: GridBounds, grid_size: int) -> bool:
+    """True when every group's points lie inside the np.linspace edges of the group's cell."""
+    if not groups:
+        return True
+    gy, gx, _, x_min, x_max, y_min, y_max = (np.asarray(column) for column in zip(*groups))
+
+    def inside(index, v_min, v_max, lo, hi):
+        edges = bin_edges(lo, hi, grid_size)
+        index = index.astype(np.int64)
+        upper_ok = np.where(index == grid_size - 1, v_max.astype(np.float64) <= hi, v_max.astype(np.float64) < edges[np.minimum(index + 1, grid_size)])
+        return (v_min.astype(np.float64) >= edges[index]) & upper_ok
+
+    return bool(
+        np.all(inside(gx, x_min, x_max, bounds.x_min, bounds.x_max))
+        and np.all(inside(gy, y_min, y_max, bounds.y_min, bounds.y_max))
+    )
 
 
 def compute_heatmap(
@@ -117,9 +172,7 @@ def compute_heatmap(
         accumulator = HeatmapAccumulator(bounds or GridBounds(0, 1, 0, 1), grid_size)
         if points and bounds is not None:
             date_param = day if warehouse.dialect.name == "postgresql" else day.isoformat()
-            cells = conn.execute(
-                sa.text(cell_counts_sql(warehouse.dialect.name)),
-                {
+            params = {
                     "day": date_param,
                     "level": level,
                     "x0": bounds.x_min,
@@ -129,8 +182,12 @@ def compute_heatmap(
                     "y1": bounds.y_max,
                     "sy": (bounds.y_max - bounds.y_min) / grid_size,
                     "last": grid_size - 1,
-                },
-            ).all()
+                }
+            groups = conn.execute(sa.text(cell_groups_sql(warehouse.dialect.name)), params).all()
+            if groups_are_exact(groups, bounds, grid_size):
+                cells = [(g[0], g[1], g[2]) for g in groups]
+            else:  # a point within rounding distance of an edge: correct every guess in SQL
+                cells = conn.execute(sa.text(cell_counts_sql(warehouse.dialect.name)), params).all()
             if cells:
                 rows, cols, counts = zip(*cells)
                 accumulator.add_cells(rows, cols, counts)

@@ -1,0 +1,536 @@
+"""Benchmark: the old heatmap job's approach against our pipeline, on the same data, in one process.
+
+For each database (PostgreSQL, SQLite) and day size it generates one deterministic day of
+events (3 levels, ~1% malformed rows) into a fresh database and measures, in this order:
+
+* ``etl``       - ``game_events`` for that day, materialized in-process with ``dagster.materialize``
+                  (extract, clean, quarantine, load);
+* ``heatmaps``  - ``level_heatmaps`` for the 3 levels of that day, 3 in-process materializations;
+* ``floor_read``- the database's own time to read the typed columns a heatmap needs
+                  (level, x, y of the day, per level, aggregated server-side so nothing is shipped);
+* ``floor_bincount`` - ``np.bincount`` over in-memory cell indices of all the day's positions;
+* ``dagster_overhead`` - one in-process materialization of a no-op partitioned asset;
+* ``reference`` - the old job re-implemented: per level, ``SELECT id, timestamp, payload FROM
+                  events WHERE DATE(timestamp) = :d ORDER BY timestamp``, ``pd.json_normalize``,
+                  the level filter, ``pd.to_numeric``, ``np.histogram2d`` on the data's own range.
+
+Peak RSS is per phase: the kernel's high-water mark (VmHWM) is reset before each phase through
+/proc/self/clear_refs. Our matrices must equal the reference's on the same bounds; a mismatch
+exits with status 1. ``--quick`` (100k events, both databases) is the CI smoke check; it also
+exits non-zero (status 2) if the heatmaps are not clearly faster than the reference.
+
+    python benchmarks/bench.py --quick
+    python benchmarks/bench.py --sizes 100k,1M,10M --databases postgresql,sqlite --reference-max 1M
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+DAY = dt.date(2025, 6, 1)
+LEVELS = ("1", "2", "3")
+GRID = 50
+ADMIN_PG_URL_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+# ------------------------------------------------------------------------ measurement ----
+
+
+def _status_kb(field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    return int(match.group(1)) if match else 0
+
+
+def reset_peak_rss() -> None:
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass
+
+
+class Phase:
+    def __init__(self, name: str):
+        self.name = name
+        self.seconds = 0.0
+        self.peak_rss_mb = 0.0
+        self.start_rss_mb = 0.0
+
+
+@contextmanager
+def measure(name: str):
+    phase = Phase(name)
+    reset_peak_rss()
+    phase.start_rss_mb = _status_kb("VmRSS") / 1024
+    started = time.perf_counter()
+    yield phase
+    phase.seconds = time.perf_counter() - started
+    phase.peak_rss_mb = _status_kb("VmHWM") / 1024
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().lower()
+    factor = {"k": 1_000, "m": 1_000_000}.get(text[-1], 1)
+    return int(float(text[:-1] if text[-1] in "km" else text) * factor)
+
+
+def label(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k"
+
+
+# ------------------------------------------------------------------------ data --------------
+# One deterministic day. 90% moves with x, y (3-decimal numbers; every 100th a numeric
+# string) and level 1..3; 8% score events; 1% unknown level 9; every 1000th move lacks y.
+# The malformed rows are ones the old job also ignored (level filter, to_numeric coercion),
+# so both sides bin exactly the same points.
+
+_PG_GENERATE = """
+INSERT INTO events (id, user_id, session_id, event_type, event_name, event_category, payload, "timestamp", created_at)
+SELECT i, 'user-' || (i % 997), 'sess-' || (i / 200),
+       CASE WHEN k < 90 OR k >= 98 THEN 'move' ELSE 'score' END,
+       CASE WHEN k < 90 OR k >= 98 THEN 'move' ELSE 'score' END,
+       'bench',
+       CAST(CASE
+         WHEN k < 90 AND i % 1000 = 7 THEN '{"x": ' || round((a % 100000) / 1000.0, 3) || ', "level": ' || (1 + i % 3) || '}'
+         WHEN k < 90 AND i % 100 = 3 THEN '{"x": "' || round((a % 100000) / 1000.0, 3) || '", "y": ' || round((b % 80000) / 1000.0, 3) || ', "level": ' || (1 + i % 3) || '}'
+         WHEN k < 90 OR k = 99 THEN '{"x": ' || round((a % 100000) / 1000.0 * (1 + i % 3), 3) || ', "y": ' || round((b % 80000) / 1000.0, 3) || ', "level": ' || (1 + i % 3) || '}'
+         WHEN k = 98 THEN '{"x": 1.5, "y": 2.5, "level": 9}'
+         ELSE '{"score": ' || (a % 5000) || ', "level": ' || (1 + i % 3) || '}'
+       END AS json),
+       ts, ts
+FROM (
+    SELECT i, (i * 48271) % 2147483647 AS a, (i * 69621) % 2147483647 AS b, i % 100 AS k,
+           TIMESTAMPTZ '2025-06-01 00:00:00+00' + ((i - 1) * 86400 / :n) * INTERVAL '1 second' AS ts
+    FROM generate_series(CAST(1 AS bigint), CAST(:n AS bigint)) AS i
+) g
+"""
+
+_SQLITE_GENERATE = """
+WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n),
+g AS (
+    SELECT i, (i * 48271) % 2147483647 AS a, (i * 69621) % 2147483647 AS b, i % 100 AS k,
+           datetime('2025-06-01', '+' || ((i - 1) * 86400 / :n) || ' seconds') AS ts
+    FROM s
+)
+INSERT INTO events (id, user_id, session_id, event_type, event_name, event_category, payload, "timestamp", created_at)
+SELECT i, 'user-' || (i % 997), 'sess-' || (i / 200),
+       CASE WHEN k < 90 OR k >= 98 THEN 'move' ELSE 'score' END,
+       CASE WHEN k < 90 OR k >= 98 THEN 'move' ELSE 'score' END,
+       'bench',
+       CASE
+         WHEN k < 90 AND i % 1000 = 7 THEN '{"x": ' || printf('%.3f', (a % 100000) / 1000.0) || ', "level": ' || (1 + i % 3) || '}'
+         WHEN k < 90 AND i % 100 = 3 THEN '{"x": "' || printf('%.3f', (a % 100000) / 1000.0) || '", "y": ' || printf('%.3f', (b % 80000) / 1000.0) || ', "level": ' || (1 + i % 3) || '}'
+         WHEN k < 90 OR k = 99 THEN '{"x": ' || printf('%.3f', (a % 100000) / 1000.0 * (1 + i % 3)) || ', "y": ' || printf('%.3f', (b % 80000) / 1000.0) || ', "level": ' || (1 + i % 3) || '}'
+         WHEN k = 98 THEN '{"x": 1.5, "y": 2.5, "level": 9}'
+         ELSE '{"score": ' || (a % 5000) || ', "level": ' || (1 + i % 3) || '}'
+       END,
+       ts, ts
+FROM g
+"""
+
+
+def generate_day(url: str, n: int) -> None:
+    from heatmap_pipeline.db import get_engine
+    from heatmap_pipeline.schema import ensure_source_schema
+
+    engine = get_engine(url)
+    ensure_source_schema(engine)  # events + its timestamp index
+    with engine.begin() as conn:
+        conn.execute(sa.text(_PG_GENERATE if engine.dialect.name == "postgresql" else _SQLITE_GENERATE), {"n": n})
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE events" if engine.dialect.name == "postgresql" else "ANALYZE"))
+
+
+@contextmanager
+def fresh_database(kind: str, admin_url: str):
+    from heatmap_pipeline.db import get_engine
+
+    if kind == "sqlite":
+        path = Path(tempfile.gettempdir()) / f"hp_bench_{uuid.uuid4().hex[:8]}.sqlite"
+        try:
+            yield f"sqlite:///{path}"
+        finally:
+            get_engine.cache_clear()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return
+    name = f"hp_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        get_engine.cache_clear()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+# ------------------------------------------------------------------------ the old job -----
+
+
+def reference_heatmaps(url: str) -> dict[str, tuple[np.ndarray, list[float]]]:
+    """The old job, per level: the whole day's payloads into pandas, filter, histogram2d."""
+    import pandas as pd
+
+    from heatmap_pipeline.db import get_engine
+
+    engine = get_engine(url)
+    out = {}
+    for level in LEVELS:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text('SELECT id, "timestamp", payload FROM events WHERE DATE("timestamp") = :d ORDER BY "timestamp"'),
+                {"d": DAY if engine.dialect.name == "postgresql" else DAY.isoformat()},
+            ).all()
+        payloads = [json.loads(p) if isinstance(p, str) else (p or {}) for _, _, p in rows]
+        df = pd.json_normalize(payloads)
+        df = df[df["level"].astype(str) == level]
+        x = pd.to_numeric(df["x"], errors="coerce")
+        y = pd.to_numeric(df["y"], errors="coerce")
+        keep = x.notna() & y.notna()
+        counts, x_edges, y_edges = np.histogram2d(x[keep].to_numpy(), y[keep].to_numpy(), bins=GRID)
+        out[level] = (counts.T, [x_edges[0], x_edges[-1], y_edges[0], y_edges[-1]])
+        del rows, payloads, df, x, y
+    return out
+
+
+# ------------------------------------------------------------------------ our side ---------
+
+
+def build(url: str):
+    import dagster as dg
+
+    from heatmap_pipeline.assets.events import build_game_events_asset
+    from heatmap_pipeline.assets.heatmaps import build_level_heatmaps_asset
+    from heatmap_pipeline.partitions import date_partitions, heatmap_partitions
+    from heatmap_pipeline.resources import SourceDatabase, WarehouseDatabase
+    from heatmap_pipeline.settings import load_settings
+
+    settings = load_settings({"DATABASE_URL": url, "HEATMAP_LEVELS": ",".join(LEVELS), "HEATMAP_GRID_SIZE": str(GRID)})
+    resources = {"source": SourceDatabase(url=url), "warehouse": WarehouseDatabase(url=url)}
+    events_asset = build_game_events_asset(settings, date_partitions(settings))
+    heatmaps_asset = build_level_heatmaps_asset(settings, heatmap_partitions(settings))
+
+    @dg.asset(partitions_def=date_partitions(settings), name="noop", required_resource_keys={"warehouse"})
+    def noop(context) -> None:
+        return None
+
+    return events_asset, heatmaps_asset, noop, resources
+
+
+def materialize_events(events_asset, resources, instance):
+    import dagster as dg
+
+    result = dg.materialize([events_asset], resources=resources, partition_key=DAY.isoformat(), instance=instance)
+    assert result.success
+    metadata = result.asset_materializations_for_node("game_events")[0].metadata
+    return {key: getattr(value, "value", value) for key, value in metadata.items()}
+
+
+def materialize_heatmaps(heatmaps_asset, resources, instance):
+    import dagster as dg
+
+    for level in LEVELS:
+        key = dg.MultiPartitionKey({"date": DAY.isoformat(), "level": level})
+        result = dg.materialize(
+            [heatmaps_asset], resources=resources, partition_key=key, instance=instance,
+            selection=[heatmaps_asset.key],
+        )
+        assert result.success
+
+
+def stored_heatmaps(url: str) -> dict[str, tuple[np.ndarray, list[float]]]:
+    from heatmap_pipeline.db import get_engine
+    from heatmap_pipeline.warehouse.heatmaps import read_heatmap
+
+    out = {}
+    for level in LEVELS:
+        row = read_heatmap(get_engine(url), level, DAY)
+        out[level] = (np.asarray(row["matrix"], dtype=np.float64), [row["x_min"], row["x_max"], row["y_min"], row["y_max"]])
+    return out
+
+
+def typed_histograms(url: str, bounds: dict[str, list[float]]) -> dict[str, tuple[np.ndarray, list[float]]]:
+    """np.histogram2d over game_events' typed x, y (streamed): the check when the reference is too slow to run."""
+    from heatmap_pipeline.core.binning import GridBounds, histogram2d_reference
+    from heatmap_pipeline.db import get_engine
+
+    engine = get_engine(url)
+    out = {}
+    for level in LEVELS:
+        xs, ys = [], []
+        with engine.connect() as conn:
+            result = conn.execution_options(yield_per=200_000).execute(
+                sa.text("SELECT x, y FROM game_events WHERE event_date = :d AND level = :l AND x IS NOT NULL AND y IS NOT NULL"),
+                {"d": DAY if engine.dialect.name == "postgresql" else DAY.isoformat(), "l": level},
+            )
+            for chunk in result.partitions():
+                arr = np.asarray(chunk, dtype=np.float64)
+                xs.append(arr[:, 0])
+                ys.append(arr[:, 1])
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        b = GridBounds(*bounds[level])
+        out[level] = (histogram2d_reference(x, y, b, GRID), bounds[level])
+    return out
+
+
+def floor_read(url: str) -> int:
+    """The database reading (level, x, y) of the day, per level, without shipping rows."""
+    from heatmap_pipeline.db import get_engine
+
+    engine = get_engine(url)
+    total = 0
+    with engine.connect() as conn:
+        for level in LEVELS:
+            n, _, _ = conn.execute(
+                sa.text("SELECT count(x), sum(x), sum(y) FROM game_events WHERE event_date = :d AND level = :l"),
+                {"d": DAY if engine.dialect.name == "postgresql" else DAY.isoformat(), "l": level},
+            ).one()
+            total += n
+    return total
+
+
+def floor_bincount(n_points: int) -> float:
+    cells = np.random.default_rng(0).integers(0, GRID * GRID, size=n_points)
+    started = time.perf_counter()
+    np.bincount(cells, minlength=GRID * GRID)
+    return time.perf_counter() - started
+
+
+def explain(url: str) -> dict[str, str]:
+    from heatmap_pipeline.db import get_engine
+    from heatmap_pipeline.warehouse.heatmaps import cell_counts_sql, cell_groups_sql
+
+    engine = get_engine(url)
+    pg = engine.dialect.name == "postgresql"
+    day = DAY if pg else DAY.isoformat()
+    start, end = (dt.datetime.combine(DAY, dt.time.min), dt.datetime.combine(DAY, dt.time.min) + dt.timedelta(days=1))
+    if not pg:
+        start, end = start.date().isoformat(), end.date().isoformat()
+    queries = {
+        "source day (extract)": (
+            'SELECT count(*) FROM events WHERE ("timestamp" >= :s AND "timestamp" < :e) '
+            'OR ("timestamp" IS NULL AND created_at >= :s AND created_at < :e)',
+            {"s": start, "e": end},
+        ),
+        "heatmap stats (date, level)": (
+            "SELECT count(*), min(x), max(x), min(y), max(y) FROM game_events WHERE event_date = :day AND level = :level "
+            "AND x IS NOT NULL AND y IS NOT NULL",
+            {"day": day, "level": "2"},
+        ),
+        "heatmap cell groups (date, level), the query normally used": (
+            cell_groups_sql(engine.dialect.name),
+            {"day": day, "level": "2", "x0": 0.0, "x1": 100.0, "sx": 2.0, "y0": 0.0, "y1": 80.0, "sy": 1.6, "last": GRID - 1},
+        ),
+        "heatmap cells, exact fallback (only when a point sits on a rounding edge)": (
+            cell_counts_sql(engine.dialect.name),
+            {"day": day, "level": "2", "x0": 0.0, "x1": 100.0, "sx": 2.0, "y0": 0.0, "y1": 80.0, "sy": 1.6, "last": GRID - 1},
+        ),
+    }
+    plans = {}
+    with engine.connect() as conn:
+        for name, (sql, params) in queries.items():
+            prefix = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF) " if pg else "EXPLAIN QUERY PLAN "
+            rows = conn.execute(sa.text(prefix + sql), params).all()
+            plans[name] = "\n".join(str(r[0]) if pg else str(r[-1]) for r in rows)
+    return plans
+
+
+# ------------------------------------------------------------------------ one run ----------
+
+
+def run_one(kind: str, n: int, args) -> dict:
+    import dagster as dg
+
+    from heatmap_pipeline.db import get_engine
+    from heatmap_pipeline.warehouse.heatmaps import compute_heatmap
+
+    record: dict = {"database": kind, "events": n, "phases": {}}
+    with fresh_database(kind, args.admin_url) as url:
+        t0 = time.perf_counter()
+        generate_day(url, n)
+        record["generate_seconds"] = time.perf_counter() - t0
+        events_asset, heatmaps_asset, noop, resources = build(url)
+        instance = dg.DagsterInstance.ephemeral()
+
+        with measure("dagster_overhead") as phase:
+            dg.materialize([noop], resources=resources, partition_key=DAY.isoformat(), instance=instance)
+        record["phases"][phase.name] = vars(phase)
+
+        with measure("etl") as phase:
+            meta = materialize_events(events_asset, resources, instance)
+        record["phases"][phase.name] = vars(phase)
+        record["etl_metadata"] = {k: meta[k] for k in ("rows_extracted", "dagster/row_count", "rows_quarantined", "load_method") if k in meta}
+        if kind == "postgresql":
+            with get_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(sa.text("VACUUM ANALYZE game_events"))  # as autovacuum would after a big load
+
+        with measure("heatmaps") as phase:
+            materialize_heatmaps(heatmaps_asset, resources, instance)
+        record["phases"][phase.name] = vars(phase)
+
+        with measure("heatmaps_no_dagster") as phase:
+            points = sum(compute_heatmap(get_engine(url), DAY, level, GRID).points for level in LEVELS)
+        record["phases"][phase.name] = vars(phase)
+        record["positions"] = points
+
+        with measure("floor_read") as phase:
+            floor_read(url)
+        record["phases"][phase.name] = vars(phase)
+        record["phases"]["floor_bincount"] = {"name": "floor_bincount", "seconds": floor_bincount(points), "peak_rss_mb": None}
+
+        ours = stored_heatmaps(url)
+        if n <= args.reference_max:
+            with measure("reference") as phase:
+                reference = reference_heatmaps(url)
+            record["phases"][phase.name] = vars(phase)
+            record["reference_measured"] = True
+        else:
+            reference = typed_histograms(url, {level: ours[level][1] for level in LEVELS})
+            record["reference_measured"] = False
+        mismatches = compare_matrices(ours, reference)
+        record["mismatched_levels"] = mismatches
+        record["matrices_match"] = not mismatches
+        if args.explain:
+            record["plans"] = explain(url)
+    return record
+
+
+def compare_matrices(ours: dict, reference: dict) -> list[str]:
+    """Levels whose matrix or bounds differ (exact equality: counts are integers, bounds the same floats)."""
+    bad = []
+    for level in LEVELS:
+        matrix, bounds = ours[level]
+        ref_matrix, ref_bounds = reference[level]
+        if [float(b) for b in bounds] != [float(b) for b in ref_bounds] or not np.array_equal(matrix, ref_matrix):
+            bad.append(level)
+    return bad
+
+
+def extrapolate(records: list[dict]) -> None:
+    """Fill the reference of unmeasured sizes linearly from the largest measured size of that database."""
+    for rec in records:
+        if rec["reference_measured"]:
+            continue
+        measured = [r for r in records if r["database"] == rec["database"] and r["reference_measured"]]
+        if not measured:
+            continue
+        base = max(measured, key=lambda r: r["events"])
+        seconds = base["phases"]["reference"]["seconds"] * rec["events"] / base["events"]
+        rec["phases"]["reference"] = {"name": "reference", "seconds": seconds, "peak_rss_mb": None, "extrapolated_from": base["events"]}
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
+    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    return {"nproc": os.cpu_count(), "memory_gib": round(mem_kb / 1024 / 1024, 1), "cpu": cpu, "python": platform.python_version()}
+
+
+def table(records: list[dict]) -> str:
+    lines = [
+        "| db | events/day | phase | seconds | events/s | peak RSS MB | vs reference | vs floor_read |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for rec in records:
+        p = rec["phases"]
+        ref = p.get("reference", {}).get("seconds")
+        floor = p["floor_read"]["seconds"]
+        for name in ("etl", "heatmaps", "heatmaps_no_dagster", "floor_read", "floor_bincount", "dagster_overhead", "reference"):
+            if name not in p:
+                continue
+            ph = p[name]
+            secs = ph["seconds"]
+            rate = f"{rec['events'] / secs:,.0f}" if name not in ("dagster_overhead",) and secs else ""
+            rss = f"{ph['peak_rss_mb']:.0f}" if ph.get("peak_rss_mb") else "-"
+            vs_ref = f"{ref / secs:.1f}x faster" if ref and name.startswith("heatmaps") else ""
+            vs_floor = f"{secs / floor:.2f}x" if name.startswith("heatmaps") else ""
+            note = " (extrapolated)" if ph.get("extrapolated_from") else ""
+            lines.append(f"| {rec['database']} | {label(rec['events'])} | {name}{note} | {secs:.3f} | {rate} | {rss} | {vs_ref} | {vs_floor} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100k events on both databases: the CI smoke check")
+    parser.add_argument("--sizes", default="100k,1M", help="comma-separated events per day, e.g. 100k,1M,10M")
+    parser.add_argument("--databases", default="postgresql,sqlite")
+    parser.add_argument("--reference-max", default="1M", help="run the (slow) reference up to this size; extrapolate above")
+    parser.add_argument("--admin-url", default=os.environ.get("HEATMAP_TEST_POSTGRES_URL", ADMIN_PG_URL_DEFAULT))
+    parser.add_argument("--explain", action="store_true", help="record query plans")
+    parser.add_argument("--json", help="write the raw results to this file")
+    parser.add_argument("--min-speedup", type=float, default=None, help="fail (exit 2) if heatmaps are not this much faster")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")  # Dagster's beta/preview notices
+    if args.quick:
+        args.sizes, args.min_speedup = "100k", args.min_speedup or 2.0
+    args.reference_max = parse_size(args.reference_max)
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    kinds = [k.strip() for k in args.databases.split(",") if k.strip()]
+
+    info = machine()
+    try:
+        pg_version = subprocess.run(
+            ["psql", args.admin_url.replace("+psycopg", "").replace("+psycopg2", ""), "-tAc", "SHOW server_version"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+    except Exception:  # noqa: BLE001 - informational only
+        pg_version = "?"
+    info["postgresql"] = pg_version
+    info["sqlite"] = __import__("sqlite3").sqlite_version
+    print(f"machine: {info}", flush=True)
+    print(f"command: python benchmarks/bench.py {' '.join(argv if argv is not None else sys.argv[1:])}", flush=True)
+
+    records = []
+    for kind in kinds:
+        for n in sizes:
+            print(f"--- {kind} {label(n)} ...", flush=True)
+            rec = run_one(kind, n, args)
+            records.append(rec)
+            print(json.dumps({k: v for k, v in rec.items() if k != "plans"}, default=str), flush=True)
+    extrapolate(records)
+    print()
+    print(table(records))
+    for rec in records:
+        for name, plan in rec.get("plans", {}).items():
+            print(f"\n#### {rec['database']} {label(rec['events'])}: {name}\n```\n{plan}\n```")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "records": records}, indent=2, default=str))
+
+    status = 0
+    bad = [f"{r['database']} {label(r['events'])} levels {r['mismatched_levels']}" for r in records if not r["matrices_match"]]
+    if bad:
+        print(f"MISMATCH: our matrices differ from the reference: {'; '.join(bad)}")
+        status = 1
+    else:
+        print("MATRICES MATCH: every level of every run equals the reference on the same bounds")
+    if args.min_speedup and status == 0:
+        for rec in records:
+            ref = rec["phases"].get("reference", {}).get("seconds")
+            ours = rec["phases"]["heatmaps"]["seconds"]
+            if ref and ref / ours < args.min_speedup:
+                print(f"TOO SLOW: {rec['database']} {label(rec['events'])} heatmaps only {ref / ours:.1f}x faster than the reference (< {args.min_speedup}x)")
+                status = 2
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

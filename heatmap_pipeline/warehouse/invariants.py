@@ -1,0 +1,285 @@
+"""The invariants behind the asset checks, as plain SQL comparisons. No Dagster here.
+
+Each function reads the tables and returns an :class:`Invariant`: passed or not, a severity
+("ERROR" blocks the run, "WARN" only reports), a one-line description and metadata the UI shows.
+``heatmap_pipeline/checks.py`` turns them into Dagster asset checks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from heatmap_pipeline.core.binning import GridBounds, auto_bounds
+from heatmap_pipeline.schema import game_events, heatmaps, session_stats
+from heatmap_pipeline.warehouse.events import day_filter, partition_counts, source_events_table
+
+ERROR, WARN = "ERROR", "WARN"
+
+
+@dataclass
+class Invariant:
+    passed: bool
+    description: str
+    metadata: dict = field(default_factory=dict)
+    severity: str = ERROR  # the severity of a failure; ERROR fails the run (blocking checks)
+
+
+def _cutoff_param(engine: sa.Engine, moment: dt.datetime):
+    """created_at comparisons: a naive-UTC datetime on PostgreSQL, the demo's text form on SQLite."""
+    if engine.dialect.name == "sqlite":
+        return moment.isoformat(sep=" ", timespec="microseconds")
+    return moment.replace(tzinfo=dt.timezone.utc)
+
+
+def count_source_rows(source: sa.Engine, day: dt.date, created_before: dt.datetime | None = None) -> int:
+    """Rows of ``day`` in the source (the extraction's own day filter), optionally only those
+    whose created_at is NULL or not after ``created_before`` (naive UTC)."""
+    src = source_events_table()
+    condition = day_filter(source, src, day)
+    if created_before is not None:
+        condition = sa.and_(
+            condition,
+            sa.or_(src.c.created_at.is_(None), src.c.created_at <= _cutoff_param(source, created_before)),
+        )
+    with source.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(src).where(condition)).scalar_one())
+
+
+def game_events_reconciled(
+    source: sa.Engine, warehouse: sa.Engine, day: dt.date, extraction_started: dt.datetime | None
+) -> Invariant:
+    """Rows extracted (recounted from the source) = clean + quarantined rows stored for the day.
+
+    Events keep arriving while a run works, so the recount is a bracket: every source row of
+    the day that existed when the run started (created_at <= ``extraction_started``, or NULL)
+    must be stored, and no more rows may be stored than the source holds now. Without a start
+    time the comparison is strict equality.
+    """
+    stored = partition_counts(warehouse, day)
+    total = stored["clean"] + stored["quarantined"]
+    now_count = count_source_rows(source, day)
+    before = count_source_rows(source, day, extraction_started) if extraction_started else now_count
+    metadata = {
+        "source_rows_now": now_count,
+        "source_rows_before_run": before,
+        "clean": stored["clean"],
+        "quarantined": stored["quarantined"],
+        "quarantine_reasons": stored["reasons"],
+        "arrived_during_or_after_run": now_count - before,
+    }
+    if total < before:
+        return Invariant(
+            False,
+            f"{day}: {before - total} source row(s) of the day are neither clean nor quarantined "
+            f"(source {before} before the run, stored {stored['clean']} + {stored['quarantined']})",
+            metadata,
+        )
+    if total > now_count:
+        return Invariant(
+            False,
+            f"{day}: {total - now_count} more row(s) stored than the source holds "
+            f"(source {now_count}, stored {stored['clean']} + {stored['quarantined']})",
+            metadata,
+        )
+    waiting = now_count - total
+    note = f"; {waiting} newer row(s) wait for the next run" if waiting else ""
+    return Invariant(
+        True, f"{day}: clean {stored['clean']} + quarantined {stored['quarantined']} = source {total}{note}", metadata
+    )
+
+
+def game_events_unique_ids(warehouse: sa.Engine, day: dt.date) -> Invariant:
+    """No event id twice in the day's partition (ERROR), nor also stored on another day (WARN)."""
+    with warehouse.connect() as conn:
+        within = conn.execute(
+            sa.select(game_events.c.event_id, sa.func.count())
+            .where(game_events.c.event_date == day)
+            .group_by(game_events.c.event_id)
+            .having(sa.func.count() > 1)
+            .order_by(game_events.c.event_id)
+            .limit(20)
+        ).all()
+        other = game_events.alias("other")
+        elsewhere = (
+            conn.execute(
+                sa.select(game_events.c.event_id)
+                .distinct()
+                .select_from(game_events.join(other, other.c.event_id == game_events.c.event_id))
+                .where(game_events.c.event_date == day, other.c.event_date != day)
+                .order_by(game_events.c.event_id)
+                .limit(20)
+            )
+            .scalars()
+            .all()
+        )
+    metadata = {
+        "duplicated_ids_sample": [row[0] for row in within],
+        "ids_also_on_other_days_sample": list(elsewhere),
+    }
+    if within:
+        return Invariant(
+            False, f"{day}: event id(s) stored more than once: {', '.join(r[0] for r in within)}", metadata
+        )
+    if elsewhere:
+        return Invariant(
+            False, f"{day}: event id(s) also stored on another day: {', '.join(elsewhere)}", metadata, WARN
+        )
+    return Invariant(True, f"{day}: every event id is stored once", metadata)
+
+
+def _in_bounds_positions(conn: sa.Connection, day: dt.date, level: str, bounds: GridBounds | None) -> tuple[int, int]:
+    """(position events of the level and day, those inside ``bounds``, edges included)."""
+    positions = sa.and_(
+        game_events.c.event_date == day,
+        game_events.c.level == level,
+        game_events.c.x.is_not(None),
+        game_events.c.y.is_not(None),
+    )
+    total = conn.execute(sa.select(sa.func.count()).where(positions)).scalar_one()
+    if bounds is None:
+        return int(total), 0
+    x, y = game_events.c.x, game_events.c.y
+    inside = conn.execute(
+        sa.select(sa.func.count()).where(
+            positions,
+            x >= bounds.x_min,
+            x <= bounds.x_max,
+            y >= bounds.y_min,
+            y <= bounds.y_max,
+        )
+    ).scalar_one()
+    return int(total), int(inside)
+
+
+def _matrix(value) -> list:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def heatmap_consistent(
+    warehouse: sa.Engine,
+    day: dt.date,
+    level: str,
+    grid_size: int,
+    fixed_bounds: GridBounds | None,
+    upstream_written_at: dt.datetime | None = None,
+) -> Invariant:
+    """The stored heatmap of (day, level) against ``game_events`` and the configuration.
+
+    ERROR when: no row; matrix not grid_size x grid_size or grid_size column different; a
+    negative or non-finite cell; bounds other than HEATMAP_BOUNDS (fixed) or the day's own
+    min/max (auto); matrix sum != in-bounds position events of the level and day.
+    ``upstream_written_at`` (naive UTC): when game_events of the day was last written. If that is
+    after the heatmap's updated_at, a count mismatch means "stale, the next run refreshes it"
+    (WARN), not wrong.
+    """
+    with warehouse.connect() as conn:
+        row = (
+            conn.execute(sa.select(heatmaps).where(heatmaps.c.level == level, heatmaps.c.date == day))
+            .mappings()
+            .first()
+        )
+        if row is None:
+            total, _ = _in_bounds_positions(conn, day, level, None)
+            return Invariant(
+                False, f"level {level} {day}: no row in heatmaps ({total} position events)", {"position_events": total}
+            )
+        stored_bounds = None
+        if row["x_min"] is not None:
+            stored_bounds = GridBounds(row["x_min"], row["x_max"], row["y_min"], row["y_max"])
+        total, inside = _in_bounds_positions(conn, day, level, stored_bounds)
+        stats = conn.execute(
+            sa.select(
+                sa.func.min(game_events.c.x),
+                sa.func.max(game_events.c.x),
+                sa.func.min(game_events.c.y),
+                sa.func.max(game_events.c.y),
+            ).where(
+                game_events.c.event_date == day,
+                game_events.c.level == level,
+                game_events.c.x.is_not(None),
+                game_events.c.y.is_not(None),
+            )
+        ).one()
+    problems: list[str] = []
+    matrix = _matrix(row["matrix"])
+    shape_ok = (
+        isinstance(matrix, list)
+        and len(matrix) == grid_size
+        and all(isinstance(r, list) and len(r) == grid_size for r in matrix)
+    )
+    cells = [c for r in matrix for c in r] if shape_ok else []
+    if not shape_ok:
+        problems.append(f"matrix is not {grid_size}x{grid_size}")
+    if str(row["grid_size"]) != str(grid_size):
+        problems.append(f"grid_size column is {row['grid_size']!r}, configuration says {grid_size}")
+    bad_cells = [c for c in cells if not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0]
+    if bad_cells:
+        problems.append(f"{len(bad_cells)} negative or non-finite cell(s), e.g. {bad_cells[0]!r}")
+    if fixed_bounds is not None:
+        expected, expected_source = fixed_bounds, "fixed"
+    elif total:
+        expected, expected_source = auto_bounds(*stats), "auto"
+    else:
+        expected, expected_source = None, "auto"
+    if stored_bounds != expected or row["bounds_source"] != expected_source:
+        problems.append(
+            f"bounds {stored_bounds.as_list() if stored_bounds else None} ({row['bounds_source']}) differ from "
+            f"{expected.as_list() if expected else None} ({expected_source})"
+        )
+    matrix_sum = float(sum(c for c in cells if isinstance(c, (int, float)) and math.isfinite(c)))
+    metadata = {
+        "matrix_sum": matrix_sum,
+        "in_bounds_position_events": inside,
+        "position_events": total,
+        "stored_out_of_bounds": row["out_of_bounds"],
+        "stored_bounds": stored_bounds.as_list() if stored_bounds else None,
+        "expected_bounds": expected.as_list() if expected else None,
+        "grid_size": grid_size,
+    }
+    count_ok = matrix_sum == inside
+    updated_at = row["updated_at"]
+    stale = upstream_written_at is not None and updated_at is not None and upstream_written_at > updated_at
+    if problems or (not count_ok and not stale):
+        if not count_ok:
+            problems.append(f"matrix sum {matrix_sum:g} != {inside} in-bounds position events")
+        return Invariant(False, f"level {level} {day}: " + "; ".join(problems), metadata)
+    if not count_ok:
+        return Invariant(
+            False,
+            f"level {level} {day}: matrix sum {matrix_sum:g} != {inside} in-bounds position events, but game_events "
+            "of the day changed after this heatmap was written: stale, the next heatmap run refreshes it",
+            metadata,
+            WARN,
+        )
+    return Invariant(
+        True,
+        f"level {level} {day}: sum {matrix_sum:g} = in-bounds position events; bounds and grid as configured",
+        metadata,
+    )
+
+
+def session_stats_reconciled(warehouse: sa.Engine, day: dt.date) -> Invariant:
+    """Sum of session_stats.event_count of the day = clean game_events rows of the day."""
+    with warehouse.connect() as conn:
+        summed = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(session_stats.c.event_count), 0)).where(
+                session_stats.c.event_date == day
+            )
+        ).scalar_one()
+        clean = conn.execute(
+            sa.select(sa.func.count()).select_from(game_events).where(game_events.c.event_date == day)
+        ).scalar_one()
+        sessions = conn.execute(
+            sa.select(sa.func.count()).select_from(session_stats).where(session_stats.c.event_date == day)
+        ).scalar_one()
+    metadata = {"events_summed": int(summed), "clean_events": int(clean), "sessions": int(sessions)}
+    if int(summed) != int(clean):
+        return Invariant(
+            False, f"{day}: session event counts sum to {summed}, game_events holds {clean} clean events", metadata
+        )
+    return Invariant(True, f"{day}: {sessions} sessions sum to the {clean} clean events", metadata)

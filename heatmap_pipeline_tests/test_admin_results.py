@@ -1,0 +1,61 @@
+"""The answer's shape for each state of a request: the old fields, plus ids, statuses and errors."""
+
+import datetime as dt
+
+import sqlalchemy as sa
+
+from heatmap_pipeline.admin.results import request_body
+from heatmap_pipeline.admin.store import TriggerRequest
+from heatmap_pipeline.schema import ensure_warehouse_schema, heatmaps
+
+DAY = dt.date(2025, 11, 16)
+
+
+def warehouse(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'w.sqlite'}")
+    ensure_warehouse_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(heatmaps.insert(), [
+            {"level": "1", "date": DAY, "grid_size": "50", "matrix": [[30]], "total": 30.0},
+            {"level": "2", "date": DAY, "grid_size": "50", "matrix": [[0]], "total": 0.0},
+        ])
+    return engine
+
+
+def request(**changes) -> TriggerRequest:
+    values = dict(id="r1", tasks=["etl", "heatmap"], levels=["1", "2"], date=DAY, state="done", stage="heatmap",
+                  run_ids={"etl": "e", "heatmap:1": "h1", "heatmap:2": "h2"},
+                  run_statuses={"etl": "SUCCESS", "heatmap:1": "SUCCESS", "heatmap:2": "SUCCESS"})
+    values.update(changes)
+    return TriggerRequest(**values)
+
+
+def test_done_request_has_the_old_shape_with_sums(tmp_path):
+    body = request_body(warehouse(tmp_path), request())
+    assert body["status"] == "ok" and "error" not in body
+    etl, heatmap = body["results"]
+    assert {k: etl[k] for k in ("status", "job", "run_id")} == {"status": "ok", "job": "etl", "run_id": "e"}
+    assert heatmap["status"] == "ok" and heatmap["job"] == "heatmap"
+    assert [{k: r[k] for k in ("level", "date", "sum", "run_id")} for r in heatmap["results"]] == [
+        {"level": "1", "date": "2025-11-16", "sum": 30.0, "run_id": "h1"},
+        {"level": "2", "date": "2025-11-16", "sum": 0.0, "run_id": "h2"},
+    ]
+
+
+def test_failed_heatmap_level_marks_its_job_and_the_request_as_error(tmp_path):
+    failed = request(state="error", error="heatmap_job run h2 (partition 2025-11-16|2) ended FAILURE",
+                     run_statuses={"etl": "SUCCESS", "heatmap:1": "SUCCESS", "heatmap:2": "FAILURE"})
+    body = request_body(warehouse(tmp_path), failed)
+    assert body["status"] == "error" and "ended FAILURE" in body["error"]
+    etl, heatmap = body["results"]
+    assert etl["status"] == "ok" and "error" not in etl
+    assert heatmap["status"] == "error" and "h2" in heatmap["error"]
+    assert [(r["level"], r["status"], r["sum"]) for r in heatmap["results"]] == [("1", "ok", 30.0), ("2", "error", None)]
+
+
+def test_running_request_reports_what_is_known(tmp_path):
+    running = request(state="launched", stage="etl", run_ids={"etl": "e"}, run_statuses={"etl": "STARTED"})
+    body = request_body(warehouse(tmp_path), running)
+    assert body["status"] == "running" and body["state"] == "launched"
+    assert body["results"][0]["status"] == "running" and body["results"][1]["status"] == "pending"
+    assert all(r["sum"] is None for r in body["results"][1]["results"])

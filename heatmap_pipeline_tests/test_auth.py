@@ -1,0 +1,125 @@
+"""API keys: constant-time matching of one or several keys, Basic auth, the UI cookie, and the
+middleware that puts the Dagster webserver behind them (served here by a real uvicorn)."""
+
+import base64
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+
+from heatmap_pipeline.admin.auth import (
+    UI_COOKIE,
+    authenticated_key,
+    basic_auth_password,
+    key_matches,
+    matching_key,
+    session_token,
+)
+from heatmap_pipeline.admin.webserver import AUTHENTICATED, ApiKeyMiddleware, anonymous_may
+from heatmap_pipeline_tests.admin_servers import serve_in_thread
+
+KEYS = ("new-key", "old-key")
+
+
+def basic(password: str, user: str = "admin") -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_every_rotated_key_matches_and_nothing_else():
+    assert matching_key("new-key", KEYS) == "new-key"
+    assert matching_key("old-key", KEYS) == "old-key"
+    for wrong in ("", None, "new-ke", "new-key ", "NEW-KEY", "new-key,old-key"):
+        assert not key_matches(wrong, KEYS), wrong
+    assert not key_matches("anything", ())
+
+
+def test_basic_auth_password_is_the_key_whatever_the_user_name():
+    assert basic_auth_password(basic("new-key")) == "new-key"
+    assert basic_auth_password(basic("pa:ss", user="")) == "pa:ss"
+    assert basic_auth_password("Bearer new-key") is None
+    assert basic_auth_password("Basic !!!notbase64") is None
+    assert basic_auth_password("Basic " + base64.b64encode(b"no-colon").decode()) is None
+
+
+def test_ui_cookie_is_derived_from_the_key_and_dies_with_it():
+    token = session_token("old-key")
+    assert "old-key" not in token and len(token) == 64
+    assert authenticated_key({}, KEYS, {UI_COOKIE: token}) == "old-key"
+    assert authenticated_key({}, ("new-key",), {UI_COOKIE: token}) is None  # rotated out
+    assert authenticated_key({"x-api-key": "new-key"}, KEYS) == "new-key"
+    assert authenticated_key({"authorization": basic("old-key")}, KEYS) == "old-key"
+    assert authenticated_key({"x-api-key": "nope", "authorization": basic("nope")}, KEYS) is None
+
+
+def test_anonymous_read_only_may_read_and_query_but_not_post_elsewhere():
+    assert anonymous_may({"type": "http", "method": "GET", "path": "/runs"})
+    assert anonymous_may({"type": "http", "method": "POST", "path": "/graphql"})
+    assert anonymous_may({"type": "websocket", "path": "/graphql"})
+    assert not anonymous_may({"type": "http", "method": "POST", "path": "/report_asset_materialization/game_events"})
+
+
+def _probe_app():
+    async def whoami(request):
+        return PlainTextResponse("authenticated" if request.scope[AUTHENTICATED] else "anonymous")
+
+    async def ws(websocket):
+        await websocket.accept()
+        await websocket.send_text("hello")
+        await websocket.close()
+
+    return Starlette(routes=[Route("/graphql", whoami, methods=["GET", "POST"]), Route("/report", whoami, methods=["POST"]),
+                             WebSocketRoute("/graphql", ws)])
+
+
+@pytest.fixture(scope="module")
+def closed_server():
+    with serve_in_thread(ApiKeyMiddleware(_probe_app(), KEYS)) as url:
+        yield url
+
+
+def test_middleware_refuses_without_a_valid_key_and_asks_the_browser_for_basic_auth(closed_server):
+    for headers in ({}, {"x-api-key": ""}, {"x-api-key": "wrong"}, {"authorization": basic("wrong")}):
+        response = httpx.post(f"{closed_server}/graphql", headers=headers)
+        assert response.status_code == 401, headers
+        assert response.json() == {"detail": "Unauthorized: invalid API key"}
+        assert response.headers["www-authenticate"].startswith("Basic realm=")
+        assert "new-key" not in response.text and "old-key" not in response.text
+    assert httpx.post(f"{closed_server}/graphql?x-api-key=new-key").status_code == 401  # header only
+
+
+def test_middleware_accepts_header_basic_auth_and_then_the_cookie(closed_server):
+    assert httpx.post(f"{closed_server}/graphql", headers={"x-api-key": "old-key"}).text == "authenticated"
+    browser = httpx.Client()
+    first = browser.get(f"{closed_server}/graphql", headers={"authorization": basic("new-key")})
+    assert first.text == "authenticated"
+    cookie = first.headers["set-cookie"]
+    assert cookie.startswith(f"{UI_COOKIE}=") and "HttpOnly" in cookie and "SameSite=Strict" in cookie and "new-key" not in cookie
+    assert browser.post(f"{closed_server}/report").text == "authenticated"  # cookie alone
+    browser.close()
+
+
+def test_middleware_without_configured_keys_answers_503_saying_how_to_enable():
+    with serve_in_thread(ApiKeyMiddleware(_probe_app(), ())) as url:
+        response = httpx.post(f"{url}/graphql", headers={"x-api-key": "anything"})
+    assert response.status_code == 503 and "ADMIN_API_KEY" in response.json()["detail"]
+
+
+def test_read_only_mode_lets_anonymous_readers_in_as_anonymous():
+    with serve_in_thread(ApiKeyMiddleware(_probe_app(), KEYS, anonymous_read_only=True)) as url:
+        assert httpx.post(f"{url}/graphql").text == "anonymous"  # Dagster then refuses its mutations
+        assert httpx.post(f"{url}/graphql", headers={"x-api-key": "new-key"}).text == "authenticated"
+        assert httpx.post(f"{url}/report").status_code == 401
+
+
+def test_websocket_needs_the_key_or_the_cookie(closed_server):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    ws_url = closed_server.replace("http://", "ws://") + "/graphql"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url, open_timeout=5)
+    assert refused.value.response.status_code == 403
+    with connect(ws_url, additional_headers={"Cookie": f"{UI_COOKIE}={session_token('new-key')}"}, open_timeout=5) as ws:
+        assert ws.recv(timeout=5) == "hello"
