@@ -219,3 +219,21 @@ def test_jsonb_and_text_payload_columns_are_read(postgres_url, monkeypatch):
     (clean,) = table_rows(postgres_url, game_events)
     assert (clean["x"], clean["y"], clean["ts"]) == (1.0, 2.0, dt.datetime(2025, 11, 16, 10, 0))
     assert [q["reason"] for q in table_rows(postgres_url, quarantined_events)] == ["payload_not_object"]
+
+
+def test_sqlite_text_timestamp_without_a_date_is_quarantined_under_its_arrival_day(tmp_path, monkeypatch):
+    source = f"sqlite:///{tmp_path / 'source.sqlite'}"
+    rows = [
+        event("garbage", {"x": 1, "y": 2}, id=1, created_at=dt.datetime(2025, 11, 16, 9)),
+        event("garbage", {"x": 1, "y": 2}, id=2, created_at=dt.datetime(2025, 11, 17, 9)),  # another day
+        event(at(1), {"x": 1, "y": 2}, id=3),
+    ]
+    write_source_events(source, rows)
+    for warehouse in (source, f"sqlite:///{tmp_path / 'warehouse.sqlite'}"):  # SQL path, then Python path
+        defs = build_defs(monkeypatch, source, WAREHOUSE_DATABASE_URL=warehouse)
+        result = materialize_etl(defs, DAY)
+        assert result.success
+        quarantined = table_rows(warehouse, quarantined_events)
+        assert [(q["source_event_id"], q["reason"]) for q in quarantined] == [("1", "unparseable_timestamp")]
+        assert [e["event_id"] for e in table_rows(warehouse, game_events)] == ["3"]
+        assert result.asset_materializations_for_node("game_events")[0].metadata["rows_extracted"].value == 2

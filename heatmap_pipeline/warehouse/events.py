@@ -74,6 +74,9 @@ def source_events_table() -> sa.TableClause:
     return sa.table("events", *(sa.column(name) for name in SOURCE_EVENT_COLUMNS))
 
 
+SQLITE_DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
+
+
 def day_filter(engine: sa.Engine, src: sa.TableClause, day: dt.date):
     """Rows of one UTC day: by timestamp (index-friendly), or by created_at when timestamp is NULL.
 
@@ -84,10 +87,14 @@ def day_filter(engine: sa.Engine, src: sa.TableClause, day: dt.date):
     if engine.dialect.name == "sqlite":
         start, end = start.date().isoformat(), end.date().isoformat()
     ts, created = src.c.timestamp, src.c.created_at
-    return sa.or_(
-        sa.and_(ts >= start, ts < end),
-        sa.and_(ts.is_(None), created >= start, created < end),
-    )
+    by_created = [created >= start, created < end]
+    conditions = [sa.and_(ts >= start, ts < end), sa.and_(ts.is_(None), *by_created)]
+    if engine.dialect.name == "sqlite":
+        # Text that does not start with a date would match no day: file it under its arrival
+        # day, where the cleaner quarantines it as unparseable_timestamp.
+        undated = sa.and_(sa.func.typeof(ts) == "text", sa.not_(ts.op("GLOB")(SQLITE_DATE_GLOB)))
+        conditions.append(sa.and_(undated, *by_created))
+    return sa.or_(*conditions)
 
 
 def extract_day_query(engine: sa.Engine, day: dt.date) -> sa.Select:

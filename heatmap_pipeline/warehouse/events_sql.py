@@ -42,6 +42,7 @@ import datetime as dt
 import sqlalchemy as sa
 
 from heatmap_pipeline.core.cleaning import CleaningRules, EventCleaner
+from heatmap_pipeline.warehouse.events import SQLITE_DATE_GLOB
 
 # Fast-path payloads are at most this many bytes: keeps the regex cheap, and Python's json
 # rejects integers over 4300 digits, which no payload this small can hold.
@@ -70,6 +71,13 @@ _PG_TEXTLIKE = {"text", "character varying"}
 _PG_INTS = {"smallint", "integer", "bigint"}
 _PG_TIMES = {"timestamp with time zone", "timestamp without time zone"}
 _PG_PAYLOADS = {"json", "jsonb", "text", "character varying"}
+
+
+# The rows of one day on SQLite, as ``events.day_filter`` selects them (timestamps are text there;
+# text that starts with no date is filed under its created_at day).
+_SQLITE_DAY = f"""((e."timestamp" >= :start AND e."timestamp" < :end)
+           OR ((e."timestamp" IS NULL OR (typeof(e."timestamp") = 'text' AND e."timestamp" NOT GLOB '{SQLITE_DATE_GLOB}'))
+               AND e.created_at >= :start AND e.created_at < :end))"""
 
 
 class UnsupportedSource(Exception):
@@ -357,8 +365,7 @@ def _sqlite_select(id_unique: bool, rules: CleaningRules) -> str:
                {ts_norm} AS ts_norm,
                CASE WHEN e.created_at IS NOT NULL THEN {created_norm} END AS created_norm
         FROM events e
-        WHERE (e."timestamp" >= :start AND e."timestamp" < :end)
-           OR (e."timestamp" IS NULL AND e.created_at >= :start AND e.created_at < :end)
+        WHERE {_SQLITE_DAY}
         LIMIT -1 OFFSET 0  -- a fence: compute pre_ok once per row, not once per reference
     ),
     typed AS (
@@ -424,8 +431,7 @@ def _sqlite_fast_insert(conn: sa.Connection, day: dt.date, rules: CleaningRules)
     residue = sa.text(
         f"""
         SELECT {cols} FROM events e
-        WHERE ((e."timestamp" >= :start AND e."timestamp" < :end)
-               OR (e."timestamp" IS NULL AND e.created_at >= :start AND e.created_at < :end))
+        WHERE ({_SQLITE_DAY})
           AND (e.id IS NULL OR NOT EXISTS (
               SELECT 1 FROM game_events g WHERE g.event_date = :day AND g.event_id = CAST(e.id AS TEXT)))
         ORDER BY e.id, e.created_at
