@@ -33,10 +33,7 @@ from heatmap_pipeline_tests.support import (
 )
 
 
-@pytest.fixture
-def instance():
-    """A real, in-memory Dagster instance: runs take a fraction of the time of a SQLite-backed one."""
-    return dg.DagsterInstance.ephemeral()
+USE_MEMORY_INSTANCE = True  # the conftest `instance` fixture is then in-memory: faster runs
 
 
 DAY = dt.date(2025, 11, 16)

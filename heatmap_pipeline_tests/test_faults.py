@@ -32,10 +32,7 @@ from heatmap_pipeline_tests.support import (
 )
 
 
-@pytest.fixture
-def instance():
-    """A real, in-memory Dagster instance: runs take a fraction of the time of a SQLite-backed one."""
-    return dg.DagsterInstance.ephemeral()
+USE_MEMORY_INSTANCE = True  # the conftest `instance` fixture is then in-memory: faster runs
 
 
 # --- a generated day containing every kind of bad event -------------------------------------------

@@ -21,10 +21,7 @@ from heatmap_pipeline.settings import SettingsError, load_settings
 from heatmap_pipeline_tests.support import build_defs, old_readme_sample, write_source_events
 
 
-@pytest.fixture
-def instance():
-    """A real, in-memory Dagster instance: runs take a fraction of the time of a SQLite-backed one."""
-    return dg.DagsterInstance.ephemeral()
+USE_MEMORY_INSTANCE = True  # the conftest `instance` fixture is then in-memory: faster runs
 
 
 DAY = "2025-11-16"
