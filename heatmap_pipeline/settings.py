@@ -30,7 +30,7 @@ VARIABLES: list[tuple[str, str, str]] = [
     ("HEATMAP_BOUNDS", "(none: each day's own min/max)", 'Fixed world bounds per level, JSON: {"1": [xmin, xmax, ymin, ymax]}.'),
     ("PARTITION_START_DATE", "2025-01-01", "First daily partition (YYYY-MM-DD, UTC)."),
     ("POSITION_EVENT_TYPES", "move,position", "event_type values that must carry x and y."),
-    ("FUTURE_TOLERANCE_MINUTES", "10", "Events stamped further than this in the future are quarantined."),
+    ("FUTURE_TOLERANCE_MINUTES", "10", "Events stamped more than this after their created_at (or the run's clock) are quarantined."),
     ("MAX_PAYLOAD_BYTES", "65536", "Payloads larger than this are quarantined."),
     ("ETL_CHUNK_SIZE", "50000", "Rows per chunk when streaming events between databases."),
     ("DB_RETRY_MAX_RETRIES", "3", "Retries of an asset step after a transient database error (0-10)."),

@@ -237,3 +237,24 @@ def test_sqlite_text_timestamp_without_a_date_is_quarantined_under_its_arrival_d
         assert [(q["source_event_id"], q["reason"]) for q in quarantined] == [("1", "unparseable_timestamp")]
         assert [e["event_id"] for e in table_rows(warehouse, game_events)] == ["3"]
         assert result.asset_materializations_for_node("game_events")[0].metadata["rows_extracted"].value == 2
+
+
+def test_event_stamped_on_a_far_future_day_is_quarantined_under_its_arrival_day(db_url, tmp_path, monkeypatch):
+    arrived = dt.datetime(2025, 11, 16, 9, 0)
+    rows = [
+        event(dt.datetime(2099, 1, 1, 12), {"x": 1, "y": 2}, id=1, created_at=arrived),  # far future
+        event(dt.datetime(2025, 11, 17, 0, 5), {"x": 1, "y": 2}, id=2, created_at=dt.datetime(2025, 11, 16, 23, 58)),
+        event(at(1), {"x": 1, "y": 2}, id=3, created_at=at(1)),
+    ]
+    write_source_events(db_url, rows)
+    warehouses = [db_url] + ([f"sqlite:///{tmp_path / 'warehouse.sqlite'}"] if db_url.startswith("sqlite") else [])
+    for warehouse in warehouses:  # same database (SQL path), then another one (Python path)
+        defs = build_defs(monkeypatch, db_url, WAREHOUSE_DATABASE_URL=warehouse)
+        assert materialize_etl(defs, DAY).success
+        assert [(q["source_event_id"], q["reason"]) for q in table_rows(warehouse, quarantined_events)] == [
+            ("1", "future_timestamp")
+        ]
+        assert [e["event_id"] for e in table_rows(warehouse, game_events)] == ["3"]
+        # 7 minutes of clock skew across midnight is within tolerance: the event belongs to the 17th
+        assert materialize_etl(defs, "2025-11-17").success
+        assert sorted(e["event_id"] for e in table_rows(warehouse, game_events)) == ["2", "3"]

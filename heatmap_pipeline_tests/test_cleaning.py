@@ -83,7 +83,12 @@ def test_unknown_event_type_is_kept():
         (row({"score": "lots"}, event_type="score"), "invalid_score"),
         (row({"x": 1, "y": 2}, timestamp=None), "null_timestamp"),
         (row({"x": 1, "y": 2}, timestamp="yesterday-ish"), "unparseable_timestamp"),
-        (row({"x": 1, "y": 2}, timestamp=dt.datetime(2025, 11, 17, 0, 0)), "timestamp_outside_partition"),
+        (row({"x": 1, "y": 2}, timestamp=dt.datetime(2025, 11, 17, 0, 0), created_at=dt.datetime(2025, 11, 17)),
+         "timestamp_outside_partition"),
+        # an hour after its own arrival: from the future, whatever the run's clock says
+        (row({"x": 1, "y": 2}, timestamp=dt.datetime(2025, 11, 16, 12, 0), created_at=dt.datetime(2025, 11, 16, 11, 0)),
+         "future_timestamp"),
+        (row({"x": 1, "y": 2}, timestamp=dt.datetime(2099, 1, 1), created_at=TS), "future_timestamp"),
         (row({"x": 1, "y": 2}, timestamp=dt.datetime(2025, 11, 16, 23, 0)), "future_timestamp"),
         (row({"x": 1, "y": 2}, id=None), "null_id"),
     ],

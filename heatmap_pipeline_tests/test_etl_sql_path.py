@@ -124,7 +124,8 @@ def source_day(*, with_duplicates: bool, sqlite: bool) -> list[dict]:
         add({"x": 1, "y": 2, "level": 1}, ts="2025-11-16T08:30:00.125")  # 'T', 3-digit fraction: clean
         add({"x": 1, "y": 2, "level": 1}, ts="2025-11-16 10:00:00+02:00")  # offset: clean, 08:00 UTC
         add({"x": 1, "y": 2, "level": 1}, ts="2025-11-16T10:00:00Z")
-        add({"x": 1, "y": 2}, ts="2025-11-16T23:30:00-05:00")  # timestamp_outside_partition
+        # timestamp_outside_partition: 04:30 UTC on the 17th, as it arrived (not from the future)
+        add({"x": 1, "y": 2}, ts="2025-11-16T23:30:00-05:00", created_at="2025-11-17 04:30:00")
         add({"x": 1, "y": 2}, ts="2025-11-16 junk")  # unparseable_timestamp
         add({"x": 1, "y": 2}, ts="2025-11-16 25:00:00")
         add({"x": 1, "y": 2, "level": 1}, ts="2025-11-16 11:00:00", created_at="yesterday-ish")
@@ -141,6 +142,9 @@ def source_day(*, with_duplicates: bool, sqlite: bool) -> list[dict]:
     # other days and rows the day filter must not pick up
     add({"x": 1, "y": 2}, ts=dt.datetime(2025, 11, 15, 23, 59, 59))
     add({"x": 1, "y": 2}, ts=dt.datetime(2025, 11, 17, 0, 0))
+    # judged against arrival (added last: the automatic timestamps above depend on the row count)
+    add({"x": 1, "y": 2}, ts=dt.datetime(2099, 1, 1), created_at=at(3))  # far future: filed under its arrival day
+    add({"x": 1, "y": 2}, ts=at(5), created_at=at(4))  # an hour ahead of its arrival: future_timestamp
     return rows
 
 

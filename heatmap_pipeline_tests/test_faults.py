@@ -86,7 +86,9 @@ def _bad_day(day: dt.date, now: dt.datetime, sqlite: bool) -> tuple[list[dict], 
             ),
             (
                 "timestamp_outside_partition",
-                event(f"{day.isoformat()}T23:30:00-05:00", {"x": 1, "y": 1}, id=1031, created_at=t(31)),
+                # 04:30 UTC the next day, and it arrived then: not from the future, just another day
+                event(f"{day.isoformat()}T23:30:00-05:00", {"x": 1, "y": 1}, id=1031,
+                      created_at=dt.datetime.combine(day + dt.timedelta(days=1), dt.time(4, 30))),
             ),
         ]
     rows = [row for _, row in cases]

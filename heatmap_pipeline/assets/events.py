@@ -20,6 +20,7 @@ def cleaning_rules(settings: Settings, now: dt.datetime) -> CleaningRules:
         position_event_types=settings.position_event_types,
         max_payload_bytes=settings.max_payload_bytes,
         future_cutoff=now + dt.timedelta(minutes=settings.future_tolerance_minutes),
+        arrival_tolerance=dt.timedelta(minutes=settings.future_tolerance_minutes),
     )
 
 

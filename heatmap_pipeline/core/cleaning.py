@@ -8,8 +8,8 @@ Rules (the SQL fast path in ``warehouse/events_sql.py`` implements the same ones
 * a ``level`` named in the payload must be one of the configured levels; position events
   without one get ``default_level``;
 * ``score`` / ``final_score``, when present, must be finite numbers;
-* the timestamp must parse, fall on the partition's UTC day, and not lie further in the future
-  than the tolerance;
+* the timestamp must parse, fall on the partition's UTC day, and lie no further than the
+  tolerance after the row's ``created_at`` (its arrival) nor after the run's clock;
 * of several *valid* rows with one id, the first (rows arrive ordered by id, created_at) is
   kept and the others are quarantined as ``duplicate_id``.
 
@@ -58,6 +58,8 @@ class CleaningRules:
     position_event_types: frozenset[str] = frozenset({"move", "position"})
     max_payload_bytes: int = 65536
     future_cutoff: dt.datetime | None = None  # naive UTC; later timestamps are quarantined
+    # A timestamp this far after the row's own created_at is from the future when it arrived.
+    arrival_tolerance: dt.timedelta = dt.timedelta(minutes=10)
 
 
 def to_utc_naive(value: Any) -> dt.datetime:
@@ -144,6 +146,17 @@ def clean_event(row: Mapping[str, Any], partition_date: dt.date, rules: Cleaning
     if row.get("timestamp") is None:
         raise Rejected("null_timestamp", "timestamp is NULL")
     ts = to_utc_naive(row["timestamp"])
+    created = row.get("created_at")
+    try:
+        created_at = to_utc_naive(created) if created is not None else None
+    except Rejected:
+        created_at = None  # created_at is informational; an odd one is not a reason to reject
+    if created_at is not None and ts > created_at + rules.arrival_tolerance:
+        # judged against arrival, so re-running the partition later gives the same answer
+        raise Rejected(
+            "future_timestamp",
+            f"timestamp {ts.isoformat()} is more than {rules.arrival_tolerance} after created_at {created_at.isoformat()}",
+        )
     if ts.date() != partition_date:
         raise Rejected("timestamp_outside_partition", f"timestamp {ts.isoformat()} UTC is not on {partition_date}")
     if rules.future_cutoff is not None and ts > rules.future_cutoff:
@@ -171,11 +184,6 @@ def clean_event(row: Mapping[str, Any], partition_date: dt.date, rules: Cleaning
         value = payload.get(key)
         scores[key] = None if value is None else _number(value, key, "invalid_score", "invalid_score")
 
-    created = row.get("created_at")
-    try:
-        created_at = to_utc_naive(created) if created is not None else None
-    except Rejected:
-        created_at = None  # created_at is informational; an odd one is not a reason to reject
     return {
         "event_date": partition_date,
         "event_id": str(row["id"]),

@@ -78,7 +78,8 @@ SQLITE_DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
 
 
 def day_filter(engine: sa.Engine, src: sa.TableClause, day: dt.date):
-    """Rows of one UTC day: by timestamp (index-friendly), or by created_at when timestamp is NULL.
+    """Rows of one UTC day: by timestamp (index-friendly), or by created_at (arrival) when the
+    timestamp is NULL, a day or more after the arrival, or (SQLite) text without a date.
 
     On SQLite timestamps are text; comparing with 'YYYY-MM-DD' strings works for both the
     'T' and ' ' separators.
@@ -87,14 +88,22 @@ def day_filter(engine: sa.Engine, src: sa.TableClause, day: dt.date):
     if engine.dialect.name == "sqlite":
         start, end = start.date().isoformat(), end.date().isoformat()
     ts, created = src.c.timestamp, src.c.created_at
-    by_created = [created >= start, created < end]
-    conditions = [sa.and_(ts >= start, ts < end), sa.and_(ts.is_(None), *by_created)]
+    # A row stamped a day or more after it arrived is filed under its arrival day (the cleaner
+    # quarantines it as future_timestamp); otherwise it could wait in a day no run has reached.
+    if engine.dialect.name == "sqlite":
+        far_future = sa.func.julianday(ts) >= sa.func.julianday(created) + 1
+    else:
+        far_future = ts >= created + sa.literal_column("INTERVAL '1 day'")
+    by_arrival = [ts.is_(None), far_future]
     if engine.dialect.name == "sqlite":
         # Text that does not start with a date would match no day: file it under its arrival
         # day, where the cleaner quarantines it as unparseable_timestamp.
-        undated = sa.and_(sa.func.typeof(ts) == "text", sa.not_(ts.op("GLOB")(SQLITE_DATE_GLOB)))
-        conditions.append(sa.and_(undated, *by_created))
-    return sa.or_(*conditions)
+        by_arrival.append(sa.and_(sa.func.typeof(ts) == "text", sa.not_(ts.op("GLOB")(SQLITE_DATE_GLOB))))
+    # Two index-friendly branches: the timestamp's day, or the arrival (created_at) day.
+    return sa.or_(
+        sa.and_(ts >= start, ts < end, sa.not_(sa.func.coalesce(far_future, sa.false()))),
+        sa.and_(sa.or_(*by_arrival), created >= start, created < end),
+    )
 
 
 def extract_day_query(engine: sa.Engine, day: dt.date) -> sa.Select:

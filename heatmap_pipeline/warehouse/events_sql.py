@@ -75,8 +75,10 @@ _PG_PAYLOADS = {"json", "jsonb", "text", "character varying"}
 
 # The rows of one day on SQLite, as ``events.day_filter`` selects them (timestamps are text there;
 # text that starts with no date is filed under its created_at day).
-_SQLITE_DAY = f"""((e."timestamp" >= :start AND e."timestamp" < :end)
-           OR ((e."timestamp" IS NULL OR (typeof(e."timestamp") = 'text' AND e."timestamp" NOT GLOB '{SQLITE_DATE_GLOB}'))
+_SQLITE_FAR_FUTURE = 'julianday(e."timestamp") >= julianday(e.created_at) + 1'
+_SQLITE_DAY = f"""((e."timestamp" >= :start AND e."timestamp" < :end AND NOT COALESCE({_SQLITE_FAR_FUTURE}, 0))
+           OR ((e."timestamp" IS NULL OR {_SQLITE_FAR_FUTURE}
+                OR (typeof(e."timestamp") = 'text' AND e."timestamp" NOT GLOB '{SQLITE_DATE_GLOB}'))
                AND e.created_at >= :start AND e.created_at < :end))"""
 
 
@@ -183,8 +185,10 @@ def _pg_statement(types: dict[str, str], id_unique: bool) -> str:
                e."timestamp", e.created_at, CAST(e.payload AS text) AS payload, e.payload AS e_payload,
                {utc("timestamp")} AS ts_utc, {utc("created_at")} AS created_utc, {n_id} AS n_id
         FROM events e
-        WHERE (e."timestamp" >= :start AND e."timestamp" < :end)
-           OR (e."timestamp" IS NULL AND e.created_at >= :start AND e.created_at < :end)
+        WHERE (e."timestamp" >= :start AND e."timestamp" < :end
+               AND NOT COALESCE(e."timestamp" >= e.created_at + INTERVAL '1 day', false))
+           OR ((e."timestamp" IS NULL OR e."timestamp" >= e.created_at + INTERVAL '1 day')
+               AND e.created_at >= :start AND e.created_at < :end)
     ),
     parsed AS (
         SELECT src.*,
@@ -212,6 +216,7 @@ def _pg_statement(types: dict[str, str], id_unique: bool) -> str:
                    id IS NOT NULL AND n_id = 1
                    AND ts_utc >= :start AND ts_utc < :end
                    AND (CAST(:cutoff AS timestamp) IS NULL OR ts_utc <= CAST(:cutoff AS timestamp))
+                   AND (created_utc IS NULL OR ts_utc <= created_utc + CAST(:arrival_tolerance AS interval))
                    AND j IS NOT NULL
                    AND (NOT is_pos OR (x IS NOT NULL AND y IS NOT NULL))
                    AND (no_level OR level_text = ANY (CAST(:levels AS text[])))
@@ -248,6 +253,8 @@ def _params(day: dt.date, rules: CleaningRules, dialect: str) -> dict:
         "start": start,
         "end": start + dt.timedelta(days=1),
         "cutoff": rules.future_cutoff,
+        "arrival_tolerance": rules.arrival_tolerance,
+        "arrival_tolerance_days": rules.arrival_tolerance.total_seconds() / 86400,
         "fast_max": min(rules.max_payload_bytes, FAST_PAYLOAD_MAX_BYTES),
         "flat_object": FLAT_OBJECT_RE,
         "plain_decimal": PLAIN_DECIMAL_RE,
@@ -353,6 +360,10 @@ def _sqlite_select(id_unique: bool, rules: CleaningRules) -> str:
                {n_id} AS n_id,
                CASE WHEN e.id IS NOT NULL AND typeof(e.id) IN ('integer', 'text') AND {textish}
                      AND {ts_ok} AND {ts_norm} <= :cutoff_text
+                     -- well inside the arrival tolerance (julianday is not exact to the
+                     -- microsecond; borderline rows go to the Python cleaner, which is)
+                     AND (e.created_at IS NULL
+                          OR julianday(e."timestamp") < julianday(e.created_at) + :arrival_tolerance_days - 1e-6)
                      AND (e.created_at IS NULL OR {created_ok})
                      AND typeof(e.payload) = 'text'
                      AND length(CAST(e.payload AS BLOB)) <= :fast_max
