@@ -64,7 +64,3 @@ def get_engine(url: str) -> sa.Engine:
         pool_pre_ping=True,
         connect_args={"options": "-c timezone=UTC", "connect_timeout": 10},
     )
-
-
-def is_postgres(engine: sa.Engine) -> bool:
-    return engine.dialect.name == "postgresql"

@@ -38,6 +38,15 @@ def postgres_reason() -> str | None:
     return _PG_REASON[0]
 
 
+def require_postgres() -> None:
+    """Skip the calling test without a PostgreSQL server, saying why; fail instead where it is required."""
+    reason = postgres_reason()
+    if reason:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"{reason} (required: CI=true or HEATMAP_REQUIRE_POSTGRES=1)")
+        pytest.skip(reason)
+
+
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'game.sqlite'}"
@@ -46,11 +55,7 @@ def sqlite_url(tmp_path) -> str:
 @pytest.fixture
 def postgres_url():
     """A brand-new PostgreSQL database for this test, dropped afterwards."""
-    reason = postgres_reason()
-    if reason:
-        if REQUIRE_POSTGRES:
-            pytest.fail(f"{reason} (required: CI=true or HEATMAP_REQUIRE_POSTGRES=1)")
-        pytest.skip(reason)
+    require_postgres()
     name = f"hp_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(ADMIN_POSTGRES_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

@@ -10,7 +10,14 @@ import dagster as dg
 import sqlalchemy as sa
 
 from heatmap_pipeline.db import get_engine
-from heatmap_pipeline.schema import SOURCE_EVENT_COLUMNS, ensure_source_schema
+from heatmap_pipeline.schema import (
+    SOURCE_EVENT_COLUMNS,
+    ensure_source_schema,
+    game_events,
+    heatmaps,
+    quarantined_events,
+    session_stats,
+)
 from heatmap_pipeline.settings import load_settings
 
 _ids = itertools.count(1)
@@ -98,3 +105,38 @@ def table_rows(url: str, table: sa.Table, order_by=None) -> list[dict]:
         if order_by is not None:
             query = query.order_by(*order_by)
         return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def warehouse_snapshot(url: str) -> dict:
+    """The written tables, comparable between runs: quarantine ids and times, heatmap ids and
+    update times are left out."""
+    engine = get_engine(url)
+    heatmap_rows = []
+    with engine.connect() as conn:
+        if sa.inspect(conn).has_table("heatmaps"):
+            heatmap_rows = [
+                tuple(r)
+                for r in conn.execute(
+                    sa.select(
+                        heatmaps.c.level, heatmaps.c.date, heatmaps.c.matrix, heatmaps.c.total, heatmaps.c.out_of_bounds
+                    ).order_by(heatmaps.c.level, heatmaps.c.date)
+                )
+            ]
+        return {
+            "game_events": [tuple(r) for r in conn.execute(sa.select(game_events).order_by(game_events.c.event_id))],
+            "quarantined": sorted(
+                tuple(r)
+                for r in conn.execute(
+                    sa.select(
+                        quarantined_events.c.partition_date,
+                        quarantined_events.c.source_event_id,
+                        quarantined_events.c.reason,
+                        quarantined_events.c.raw_row,
+                    )
+                )
+            ),
+            "session_stats": [
+                tuple(r) for r in conn.execute(sa.select(session_stats).order_by(session_stats.c.session_id))
+            ],
+            "heatmaps": heatmap_rows,
+        }

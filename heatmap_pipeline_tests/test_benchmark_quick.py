@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from heatmap_pipeline_tests.conftest import ADMIN_POSTGRES_URL, REQUIRE_POSTGRES, postgres_reason
+from heatmap_pipeline_tests.conftest import ADMIN_POSTGRES_URL, require_postgres
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 
@@ -21,11 +21,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_quick_benchmark_runs_and_reports_matching_matrices():
-    reason = postgres_reason()
-    if reason:
-        if REQUIRE_POSTGRES:
-            pytest.fail(f"{reason} (required: CI=true or HEATMAP_REQUIRE_POSTGRES=1)")
-        pytest.skip(reason)
+    require_postgres()
     done = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--admin-url", ADMIN_POSTGRES_URL],
         capture_output=True,

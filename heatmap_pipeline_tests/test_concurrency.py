@@ -14,37 +14,11 @@ import pytest
 import sqlalchemy as sa
 
 from heatmap_pipeline.db import get_engine
-from heatmap_pipeline.schema import game_events, heatmaps, quarantined_events, session_stats
+from heatmap_pipeline.schema import game_events, quarantined_events, session_stats
 from heatmap_pipeline.warehouse.locks import lock_partition
-from heatmap_pipeline_tests.support import build_defs, event, old_readme_sample, write_source_events
+from heatmap_pipeline_tests.support import build_defs, event, old_readme_sample, warehouse_snapshot, write_source_events
 
 DAY = dt.date(2025, 11, 16)
-
-
-def _snapshot(url: str) -> dict:
-    with get_engine(url).connect() as conn:
-        return {
-            "game_events": [tuple(r) for r in conn.execute(sa.select(game_events).order_by(game_events.c.event_id))],
-            "quarantined": sorted(
-                tuple(r)
-                for r in conn.execute(
-                    sa.select(
-                        quarantined_events.c.source_event_id, quarantined_events.c.reason, quarantined_events.c.raw_row
-                    )
-                )
-            ),
-            "session_stats": [
-                tuple(r) for r in conn.execute(sa.select(session_stats).order_by(session_stats.c.session_id))
-            ],
-            "heatmaps": [
-                tuple(r)
-                for r in conn.execute(
-                    sa.select(
-                        heatmaps.c.level, heatmaps.c.date, heatmaps.c.matrix, heatmaps.c.total, heatmaps.c.out_of_bounds
-                    )
-                )
-            ],
-        }
 
 
 def _waiting_on_advisory_locks(url: str) -> int:
@@ -111,12 +85,12 @@ def test_two_etl_runs_of_one_partition_at_once_equal_one_clean_run(postgres_url,
 
     first, second = _run_concurrently(postgres_url, "game_events", (DAY,), [run, run])
     assert first.success and second.success
-    raced = _snapshot(postgres_url)
+    raced = warehouse_snapshot(postgres_url)
     assert len(raced["game_events"]) == 31 and len(raced["quarantined"]) == 1
     assert len({r[1] for r in raced["game_events"]}) == 31  # no event id twice
     assert sum(r[6] for r in raced["session_stats"]) == 31
     assert run().success  # one clean run afterwards writes exactly the same tables
-    assert _snapshot(postgres_url) == raced
+    assert warehouse_snapshot(postgres_url) == raced
 
 
 @pytest.mark.postgres
@@ -137,6 +111,6 @@ def test_two_heatmap_runs_of_one_partition_at_once_leave_one_row(postgres_url, m
 
     results = _run_concurrently(postgres_url, "heatmaps", ("1", DAY), [run, run])
     assert all(r.success for r in results)
-    raced = _snapshot(postgres_url)["heatmaps"]
+    raced = warehouse_snapshot(postgres_url)["heatmaps"]
     assert len(raced) == 1 and raced[0][3] == 30
-    assert run().success and _snapshot(postgres_url)["heatmaps"] == raced
+    assert run().success and warehouse_snapshot(postgres_url)["heatmaps"] == raced

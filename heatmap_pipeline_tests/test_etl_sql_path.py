@@ -10,7 +10,6 @@ and JSONB, with and without a unique id.
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import pytest
 import sqlalchemy as sa
@@ -167,7 +166,6 @@ def create_source(url: str, payload_type: str, unique_id: bool) -> None:
 
 def insert_storable(url: str, rows: list[dict]) -> list[dict]:
     """Insert row by row; a typed (JSON/JSONB) column refuses some payloads, which are skipped."""
-    engine = get_engine(url)
     stored = []
     for row in rows:
         try:

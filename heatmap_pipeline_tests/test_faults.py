@@ -21,8 +21,9 @@ import pytest
 import sqlalchemy as sa
 
 from heatmap_pipeline.db import get_engine
-from heatmap_pipeline.schema import game_events, quarantined_events, session_stats
+from heatmap_pipeline.schema import game_events, quarantined_events
 from heatmap_pipeline_tests.support import (
+    warehouse_snapshot,
     build_defs,
     event,
     materialize_etl,
@@ -172,29 +173,6 @@ def test_every_kind_of_bad_event_is_quarantined_with_its_reason(db_url, monkeypa
 DAY = "2025-11-16"
 
 
-def _snapshot(url: str) -> dict:
-    """The partition's contents, comparable between runs (quarantine ids and times left out)."""
-    engine = get_engine(url)
-    with engine.connect() as conn:
-        return {
-            "game_events": [tuple(r) for r in conn.execute(sa.select(game_events).order_by(game_events.c.event_id))],
-            "quarantined": sorted(
-                tuple(r)
-                for r in conn.execute(
-                    sa.select(
-                        quarantined_events.c.partition_date,
-                        quarantined_events.c.source_event_id,
-                        quarantined_events.c.reason,
-                        quarantined_events.c.raw_row,
-                    )
-                )
-            ),
-            "session_stats": [
-                tuple(r) for r in conn.execute(sa.select(session_stats).order_by(session_stats.c.session_id))
-            ],
-        }
-
-
 class WriterBlocker:
     """Holds, in an open transaction, a game_events row with the key the run will insert last."""
 
@@ -266,7 +244,7 @@ def day_v1_loaded(postgres_url, monkeypatch, instance):
     write_source_events(postgres_url, old_readme_sample(dt.date(2025, 11, 16), 30))
     defs = build_defs(monkeypatch, postgres_url, DB_RETRY_DELAY_SECONDS="0.2")
     assert materialize_etl(defs, DAY, instance).success
-    before = _snapshot(postgres_url)
+    before = warehouse_snapshot(postgres_url)
     assert len(before["game_events"]) == 30
     extra = [event(dt.datetime(2025, 11, 16, 12, i), {"x": i, "y": i}, session_id="s2") for i in range(10)]
     write_source_events(postgres_url, extra)
@@ -286,7 +264,7 @@ def test_connection_dropped_mid_write_is_retried_or_fails_clearly_never_half_wri
     def drop_connection():
         try:
             pid = blocker.blocked_writer_pid()
-            seen["mid_write"] = _snapshot(url)  # other sessions still see the old partition
+            seen["mid_write"] = warehouse_snapshot(url)  # other sessions still see the old partition
             _terminate(url, pid)  # the database drops the run's connection mid-transaction
         finally:
             blocker.release()
@@ -302,16 +280,16 @@ def test_connection_dropped_mid_write_is_retried_or_fails_clearly_never_half_wri
         assert "Database unreachable or connection lost (postgresql+psycopg://postgres@127.0.0.1:5432/" in _messages(
             retried[0]
         )
-        after = _snapshot(url)
+        after = warehouse_snapshot(url)
         assert len(after["game_events"]) == 40
         assert materialize_etl(defs, DAY, instance).success  # a clean rerun changes nothing: converged
-        assert _snapshot(url) == after
+        assert warehouse_snapshot(url) == after
     else:
         assert not result.success and not retried
         [failure] = result.get_step_failure_events()
         assert "Database unreachable or connection lost" in _messages(failure)
         assert "terminating connection due to administrator command" in _messages(failure)
-        assert _snapshot(url) == before  # nothing half-written: the previous partition is intact
+        assert warehouse_snapshot(url) == before  # nothing half-written: the previous partition is intact
 
 
 def _messages(event) -> str:
@@ -348,7 +326,7 @@ def test_run_process_killed_mid_write_leaves_the_partition_intact_and_a_rerun_co
     )
     try:
         writer = blocker.blocked_writer_pid(timeout=60)  # the run has deleted the old rows and is inserting
-        assert _snapshot(url) == before  # uncommitted: nobody else sees the delete
+        assert warehouse_snapshot(url) == before  # uncommitted: nobody else sees the delete
         process.send_signal(signal.SIGKILL)
         assert process.wait(timeout=10) == -signal.SIGKILL
     finally:
@@ -356,9 +334,9 @@ def test_run_process_killed_mid_write_leaves_the_partition_intact_and_a_rerun_co
             process.kill()
         blocker.release()
     _wait_gone(url, writer)  # the server notices the dead client and rolls its transaction back
-    assert _snapshot(url) == before
+    assert warehouse_snapshot(url) == before
     defs = build_defs(monkeypatch, url)
     assert materialize_etl(defs, DAY, instance).success
-    after = _snapshot(url)
+    after = warehouse_snapshot(url)
     assert len(after["game_events"]) == 40 and {r[1] for r in after["session_stats"]} == {"s1", "s2"}
-    assert materialize_etl(defs, DAY, instance).success and _snapshot(url) == after  # converged: reruns change nothing
+    assert materialize_etl(defs, DAY, instance).success and warehouse_snapshot(url) == after  # converged: reruns change nothing

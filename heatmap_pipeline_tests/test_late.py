@@ -8,7 +8,6 @@ import datetime as dt
 import time
 
 import dagster as dg
-import pytest
 import sqlalchemy as sa
 
 from heatmap_pipeline.db import get_engine

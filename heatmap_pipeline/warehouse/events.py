@@ -114,12 +114,6 @@ def extract_day_query(engine: sa.Engine, day: dt.date) -> sa.Select:
     return sa.select(*columns).where(day_filter(engine, src, day)).order_by(src.c.id, src.c.created_at)
 
 
-def count_source_day(engine: sa.Engine, day: dt.date) -> int:
-    src = source_events_table()
-    with engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(src).where(day_filter(engine, src, day))).scalar_one()
-
-
 def delete_partition(conn: sa.Connection, day: dt.date) -> None:
     """Take the partition's write lock and empty it (the caller inserts in the same transaction)."""
     lock_partition(conn, "game_events", day)
