@@ -269,9 +269,9 @@ def stored_heatmaps(url: str) -> dict[str, tuple[np.ndarray, list[float]]]:
     return out
 
 
-def typed_histograms(url: str, bounds: dict[str, list[float]]) -> dict[str, tuple[np.ndarray, list[float]]]:
-    """np.histogram2d over game_events' typed x, y (streamed): the check when the reference is too slow to run."""
-    from heatmap_pipeline.core.binning import GridBounds, histogram2d_reference
+def typed_histograms(url: str) -> dict[str, tuple[np.ndarray, list[float]]]:
+    """np.histogram2d over game_events' typed x, y (streamed) on the data's own range, as the old
+    job binned: the check when the reference is too slow to run. Checks our bounds too."""
     from heatmap_pipeline.db import get_engine
 
     engine = get_engine(url)
@@ -279,17 +279,18 @@ def typed_histograms(url: str, bounds: dict[str, list[float]]) -> dict[str, tupl
     for level in LEVELS:
         xs, ys = [], []
         with engine.connect() as conn:
-            result = conn.execution_options(yield_per=200_000).execute(
+            result = conn.execute(
                 sa.text("SELECT x, y FROM game_events WHERE event_date = :d AND level = :l AND x IS NOT NULL AND y IS NOT NULL"),
                 {"d": DAY if engine.dialect.name == "postgresql" else DAY.isoformat(), "l": level},
+                execution_options={"yield_per": 200_000},
             )
             for chunk in result.partitions():
                 arr = np.asarray(chunk, dtype=np.float64)
                 xs.append(arr[:, 0])
                 ys.append(arr[:, 1])
         x, y = np.concatenate(xs), np.concatenate(ys)
-        b = GridBounds(*bounds[level])
-        out[level] = (histogram2d_reference(x, y, b, GRID), bounds[level])
+        counts, x_edges, y_edges = np.histogram2d(x, y, bins=GRID)
+        out[level] = (counts.T, [x_edges[0], x_edges[-1], y_edges[0], y_edges[-1]])
     return out
 
 
@@ -318,7 +319,13 @@ def floor_bincount(n_points: int) -> float:
 
 def explain(url: str) -> dict[str, str]:
     from heatmap_pipeline.db import get_engine
-    from heatmap_pipeline.warehouse.heatmaps import cell_counts_sql, cell_groups_sql
+    from heatmap_pipeline.warehouse.heatmaps import (
+        PG_BUCKETS_SQL,
+        cell_counts_sql,
+        cell_groups_sql,
+        plan_bucket_query,
+        search_edges,
+    )
 
     engine = get_engine(url)
     pg = engine.dialect.name == "postgresql"
@@ -332,22 +339,23 @@ def explain(url: str) -> dict[str, str]:
             'OR ("timestamp" IS NULL AND created_at >= :s AND created_at < :e)',
             {"s": start, "e": end},
         ),
-        "heatmap stats (date, level)": (
-            "SELECT count(*), min(x), max(x), min(y), max(y) FROM game_events WHERE event_date = :day AND level = :level "
-            "AND x IS NOT NULL AND y IS NOT NULL",
-            {"day": day, "level": "2"},
-        ),
-        "heatmap cell groups (date, level), the query normally used": (
-            cell_groups_sql(engine.dialect.name),
-            {"day": day, "level": "2", "x0": 0.0, "x1": 100.0, "sx": 2.0, "y0": 0.0, "y1": 80.0, "sy": 1.6, "last": GRID - 1},
-        ),
-        "heatmap cells, exact fallback (only when a point sits on a rounding edge)": (
-            cell_counts_sql(engine.dialect.name),
-            {"day": day, "level": "2", "x0": 0.0, "x1": 100.0, "sx": 2.0, "y0": 0.0, "y1": 80.0, "sy": 1.6, "last": GRID - 1},
-        ),
     }
+    if pg:
+        queries["heatmap buckets (date, level): the one pass over the level's positions"] = (
+            PG_BUCKETS_SQL,
+            {"day": day, "level": "2", "x_edges": search_edges(0.0, 200.0, GRID), "y_edges": search_edges(0.0, 80.0, GRID)},
+        )
+    else:
+        cells = {"day": day, "level": "2", "x0": 0.0, "x1": 200.0, "sx": 4.0, "y0": 0.0, "y1": 80.0, "sy": 1.6, "last": GRID - 1}
+        queries["heatmap cell groups (date, level): the one pass normally used"] = (cell_groups_sql("sqlite"), cells)
+        queries["heatmap cells, exact fallback (only when a point sits on a rounding edge)"] = (
+            cell_counts_sql("sqlite"),
+            cells,
+        )
     plans = {}
     with engine.connect() as conn:
+        if pg:
+            plan_bucket_query(conn)
         for name, (sql, params) in queries.items():
             prefix = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF) " if pg else "EXPLAIN QUERY PLAN "
             rows = conn.execute(sa.text(prefix + sql), params).all()
@@ -405,7 +413,7 @@ def run_one(kind: str, n: int, args) -> dict:
             record["phases"][phase.name] = vars(phase)
             record["reference_measured"] = True
         else:
-            reference = typed_histograms(url, {level: ours[level][1] for level in LEVELS})
+            reference = typed_histograms(url)
             record["reference_measured"] = False
         mismatches = compare_matrices(ours, reference)
         record["mismatched_levels"] = mismatches

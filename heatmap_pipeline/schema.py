@@ -36,18 +36,24 @@ SOURCE_EVENT_COLUMNS = (
 # --- The warehouse: tables this project owns ------------------------------------------------
 metadata = sa.MetaData()
 
+def _bytewise(length: int) -> sa.types.TypeEngine:
+    """Text compared byte by byte on PostgreSQL: its indexes build ~1.5x faster than under a
+    locale collation, and ids sort the way Python sorts them. SQLite already compares bytes."""
+    return sa.String(length, collation="C").with_variant(sa.String(length), "sqlite")
+
+
 game_events = sa.Table(
     "game_events",
     metadata,
     sa.Column("event_date", sa.Date, primary_key=True, comment="UTC day of ts: the daily partition"),
-    sa.Column("event_id", sa.String(64), primary_key=True, comment="events.id of the source row"),
+    sa.Column("event_id", _bytewise(64), primary_key=True, comment="events.id of the source row"),
     sa.Column("user_id", sa.String(128)),
     sa.Column("session_id", sa.String(128)),
     sa.Column("event_type", sa.String(64)),
     sa.Column("event_name", sa.String(128)),
     sa.Column("event_category", sa.String(64)),
     sa.Column("ts", sa.DateTime(timezone=False), nullable=False, comment="event time, UTC"),
-    sa.Column("level", sa.String(64), comment="payload level, or HEATMAP_DEFAULT_LEVEL for positions without one"),
+    sa.Column("level", _bytewise(64), comment="payload level, or HEATMAP_DEFAULT_LEVEL for positions without one"),
     sa.Column("x", sa.Float),
     sa.Column("y", sa.Float),
     sa.Column("score", sa.Float),
@@ -56,8 +62,30 @@ game_events = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=False)),
     # PostgreSQL: covering, so the heatmap queries (per date and level, reading x and y) are
     # index-only scans once autovacuum has marked the pages all-visible.
-    sa.Index("ix_game_events_date_level", "event_date", "level", postgresql_include=["x", "y"]),
-    sa.Index("ix_game_events_session", "session_id"),
+    sa.Index("ix_game_events_date_level", "event_date", "level", postgresql_include=["x", "y"]).ddl_if(
+        dialect="postgresql"
+    ),
+    # SQLite has no INCLUDE: x and y as key columns make its heatmap queries index-only too.
+    sa.Index("ix_game_events_positions", "event_date", "level", "x", "y").ddl_if(dialect="sqlite"),
+    # PostgreSQL: one partition per day (warehouse/day_partitions.py). A day is loaded into a
+    # fresh table, indexed after the load and attached: far cheaper than keeping three indexes
+    # up to date row by row, and replacing a day is a swap instead of a DELETE.
+    postgresql_partition_by="LIST (event_date)",
+)
+
+# Written by the ETL in the transaction that replaces a day of game_events: per level, how many
+# position events (x and y present) the day has and their range. The heatmaps read their
+# automatic bounds here instead of scanning the day once more for min/max.
+position_stats = sa.Table(
+    "position_stats",
+    metadata,
+    sa.Column("event_date", sa.Date, primary_key=True),
+    sa.Column("level", sa.String(64), primary_key=True),
+    sa.Column("positions", sa.BigInteger, nullable=False),
+    sa.Column("x_min", sa.Float, nullable=False),
+    sa.Column("x_max", sa.Float, nullable=False),
+    sa.Column("y_min", sa.Float, nullable=False),
+    sa.Column("y_max", sa.Float, nullable=False),
 )
 
 quarantined_events = sa.Table(
@@ -87,6 +115,8 @@ session_stats = sa.Table(
     sa.Column("final_score", sa.Float),
     sa.Column("levels_played", sa.Text, comment="comma-separated, sorted"),
     sa.Column("deaths", sa.Integer, nullable=False),
+    # the leaderboard sums each touched session over all its days
+    sa.Index("ix_session_stats_session", "session_id"),
 )
 
 # The old ETL's table: one row per session over all days (the old job appended duplicates).
@@ -166,6 +196,15 @@ def ensure_warehouse_schema(engine: sa.Engine) -> None:
         if "heatmaps" in old_tables:
             # An old table may lack the unique (level, date) our upsert relies on.
             conn.execute(sa.text("CREATE UNIQUE INDEX IF NOT EXISTS uq_heatmaps_level_date_idx ON heatmaps (level, date)"))
+        # Earlier versions indexed game_events.session_id for the leaderboard, which now reads
+        # session_stats; the index only slowed every load down.
+        conn.execute(sa.text("DROP INDEX IF EXISTS ix_game_events_session"))
+        if conn.dialect.name == "sqlite":  # replaced by the covering ix_game_events_positions
+            conn.execute(sa.text("DROP INDEX IF EXISTS ix_game_events_date_level"))
+        if conn.dialect.name == "postgresql":
+            from heatmap_pipeline.warehouse.day_partitions import ensure_partitioned
+
+            ensure_partitioned(conn)
 
 
 def ensure_source_schema(engine: sa.Engine) -> None:

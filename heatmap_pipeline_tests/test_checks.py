@@ -303,15 +303,18 @@ def test_a_failed_blocking_check_fails_the_etl_run_and_session_stats_does_not_ru
     write_source_events(postgres_url, _source_rows())
     defs = build_defs(monkeypatch, postgres_url)
     assert materialize_etl(defs, DAY.isoformat(), instance).success  # creates the tables
-    # a buggy writer: every clean row also lands in quarantine, so more rows are stored than extracted
+    # a buggy writer: each write to the quarantine stores one row twice, so more rows are stored than extracted
     _execute(
         postgres_url,
         sa.text("""
         CREATE FUNCTION also_quarantine() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN INSERT INTO quarantined_events (partition_date, source_event_id, reason, raw_row, quarantined_at)
-              VALUES (NEW.event_date, NEW.event_id, 'null_payload', '{}', now()); RETURN NEW; END $$"""),
+        BEGIN IF pg_trigger_depth() = 1 THEN
+                INSERT INTO quarantined_events (partition_date, source_event_id, reason, raw_row, quarantined_at)
+                SELECT partition_date, source_event_id, reason, raw_row, quarantined_at FROM quarantined_events LIMIT 1;
+              END IF; RETURN NULL; END $$"""),
         sa.text(
-            "CREATE TRIGGER also_quarantine AFTER INSERT ON game_events FOR EACH ROW EXECUTE FUNCTION also_quarantine()"
+            "CREATE TRIGGER also_quarantine AFTER INSERT ON quarantined_events "
+            "FOR EACH STATEMENT EXECUTE FUNCTION also_quarantine()"
         ),
     )
     _execute(postgres_url, session_stats.delete())

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from heatmap_pipeline.db import get_engine
 from heatmap_pipeline.schema import ensure_warehouse_schema
 from heatmap_pipeline.warehouse.events import extract_day_query
-from heatmap_pipeline.warehouse.heatmaps import cell_counts_sql
+from heatmap_pipeline.warehouse.heatmaps import PG_BUCKETS_SQL, cell_groups_sql
 from heatmap_pipeline_tests.support import event, write_source_events
 
 DAY = dt.date(2025, 11, 16)
@@ -52,30 +52,39 @@ def test_source_timestamp_index_serves_the_day_extract(db_url):
     assert "ix_events_timestamp" in plan, plan
 
 
-def test_heatmap_queries_use_the_date_level_index(db_url):
-    engine = get_engine(db_url)
+def _load_day(db_url: str) -> sa.Engine:
+    from heatmap_pipeline.core.cleaning import CleaningRules
+    from heatmap_pipeline.warehouse.events import load_partition
+
+    engine = write_source_events(db_url, [event(dt.datetime(2025, 11, 16, h), {"x": h, "y": 1}) for h in range(5)])
     ensure_warehouse_schema(engine)
-    assert "ix_game_events_date_level" in {ix["name"] for ix in sa.inspect(engine).get_indexes("game_events")}
-    day = DAY if engine.dialect.name == "postgresql" else DAY.isoformat()
-    params = {"day": day, "level": "1", "x0": 0.0, "x1": 10.0, "sx": 1.0, "y0": 0.0, "y1": 10.0, "sy": 1.0, "last": 9}
-    stats_sql = (
-        "SELECT count(*), min(x), max(x), min(y), max(y) FROM game_events "
-        "WHERE event_date = :day AND level = :level AND x IS NOT NULL AND y IS NOT NULL"
-    )
+    rules = CleaningRules(levels=frozenset({"1"}), default_level="1", position_event_types=frozenset({"move"}))
+    assert load_partition(engine, engine, DAY, rules, dt.datetime(2025, 11, 17)).clean == 5
+    return engine
+
+
+def test_heatmap_queries_use_a_covering_date_level_index(db_url):
+    """The binning query reads (level, x, y) of the day from an index alone, never the table."""
+    engine = _load_day(db_url)
     with engine.connect() as conn:
-        stats_plan = text_plan(conn, stats_sql, params)
-        cells_plan = text_plan(conn, cell_counts_sql(engine.dialect.name), params)
-    assert "ix_game_events_date_level" in stats_plan, stats_plan
-    assert "ix_game_events_date_level" in cells_plan, cells_plan
+        if engine.dialect.name == "postgresql":
+            params = {"day": DAY, "level": "1", "x_edges": [0.0, 5.0, 10.0], "y_edges": [0.0, 5.0, 10.0]}
+            plan = text_plan(conn, PG_BUCKETS_SQL, params)
+            assert "Index Only Scan using game_events_20251116_" in plan, plan
+        else:
+            params = {"day": DAY.isoformat(), "level": "1", "x0": 0.0, "x1": 10.0, "sx": 1.0, "y0": 0.0, "y1": 10.0, "sy": 1.0, "last": 9}
+            plan = text_plan(conn, cell_groups_sql("sqlite"), params)
+            assert "COVERING INDEX ix_game_events_positions" in plan, plan
 
 
 @pytest.mark.postgres
-def test_postgres_date_level_index_covers_x_and_y(postgres_url):
-    """On PostgreSQL the heatmap index carries x and y, so the heatmap reads never touch the heap."""
-    engine = get_engine(postgres_url)
-    ensure_warehouse_schema(engine)
+def test_postgres_day_partition_indexes_cover_x_and_y(postgres_url):
+    """On PostgreSQL the heatmap index carries x and y, on the parent and on each loaded day."""
+    engine = _load_day(postgres_url)
     with engine.connect() as conn:
-        definition = conn.execute(
-            sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_game_events_date_level'")
-        ).scalar_one()
-    assert "(event_date, level) INCLUDE (x, y)" in definition
+        definitions = conn.execute(
+            sa.text("SELECT tablename, indexdef FROM pg_indexes WHERE indexdef LIKE '%INCLUDE (x, y)%' ORDER BY 1")
+        ).all()
+    tables = [t for t, _ in definitions]
+    assert "game_events" in tables and any(t.startswith("game_events_20251116_") for t in tables), definitions
+    assert all("(event_date, level) INCLUDE (x, y)" in d for _, d in definitions)

@@ -117,3 +117,40 @@ def matrix_summary(matrix: np.ndarray) -> dict:
 def matrix_to_json(matrix: np.ndarray) -> list[list[float]]:
     """The old JSON shape: a list of rows (y bins) of floats."""
     return matrix.astype(np.float64).tolist()
+
+
+@dataclass
+class LevelRange:
+    positions: int
+    x_min: float
+    x_max: float
+    y_min: float
+    y_max: float
+
+
+class PositionRanges:
+    """Per level: how many positions (x and y present) and their x/y range.
+
+    Merged from partial summaries (a SQL ``GROUP BY level``) and from rows (the Python cleaner's
+    output), so the ETL can record a day's ranges without reading the day again.
+    """
+
+    def __init__(self) -> None:
+        self.by_level: dict[str, LevelRange] = {}
+
+    def add_summary(self, level: str, positions: int, x_min: float, x_max: float, y_min: float, y_max: float) -> None:
+        if not positions:
+            return
+        current = self.by_level.get(level)
+        if current is None:
+            self.by_level[level] = LevelRange(int(positions), float(x_min), float(x_max), float(y_min), float(y_max))
+            return
+        current.positions += int(positions)
+        current.x_min, current.x_max = min(current.x_min, x_min), max(current.x_max, x_max)
+        current.y_min, current.y_max = min(current.y_min, y_min), max(current.y_max, y_max)
+
+    def add_rows(self, rows: Iterable[dict]) -> None:
+        for row in rows:
+            level, x, y = row.get("level"), row.get("x"), row.get("y")
+            if level is not None and x is not None and y is not None:
+                self.add_summary(level, 1, x, x, y, y)

@@ -10,7 +10,9 @@
   ``executemany`` into SQLite), all in one transaction.
 
 Either way the partition is replaced in one transaction that first takes the partition's
-advisory lock; a failure rolls everything back.
+advisory lock; a failure rolls everything back. On PostgreSQL the clean rows go into a fresh
+table that replaces the day's partition at the end (``day_partitions.py``); on SQLite the day's
+rows are deleted and inserted. The same transaction records the day's ``position_stats``.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from typing import Iterable, Mapping
 
 import sqlalchemy as sa
 
+from heatmap_pipeline.core.binning import PositionRanges
 from heatmap_pipeline.core.cleaning import CleaningRules, EventCleaner
-from heatmap_pipeline.schema import SOURCE_EVENT_COLUMNS, game_events, quarantined_events
+from heatmap_pipeline.schema import SOURCE_EVENT_COLUMNS, game_events, position_stats, quarantined_events
+from heatmap_pipeline.warehouse import day_partitions
 from heatmap_pipeline.warehouse.locks import lock_partition
 
 log = logging.getLogger(__name__)
@@ -114,11 +118,35 @@ def extract_day_query(engine: sa.Engine, day: dt.date) -> sa.Select:
     return sa.select(*columns).where(day_filter(engine, src, day)).order_by(src.c.id, src.c.created_at)
 
 
-def delete_partition(conn: sa.Connection, day: dt.date) -> None:
-    """Take the partition's write lock and empty it (the caller inserts in the same transaction)."""
+def begin_day(conn: sa.Connection, day: dt.date) -> sa.TableClause:
+    """Take the day's write lock, empty its quarantine, and return the table its clean rows go to.
+
+    PostgreSQL: a fresh table, swapped in by :func:`finish_day`. SQLite: ``game_events`` itself,
+    emptied of the day.
+    """
     lock_partition(conn, "game_events", day)
-    conn.execute(game_events.delete().where(game_events.c.event_date == day))
     conn.execute(quarantined_events.delete().where(quarantined_events.c.partition_date == day))
+    if conn.dialect.name == "postgresql":
+        return day_partitions.create_stage(conn, day)
+    conn.execute(game_events.delete().where(game_events.c.event_date == day))
+    return game_events
+
+
+def record_position_stats(conn: sa.Connection, day: dt.date, ranges: PositionRanges) -> None:
+    """Per level: the day's position count and x/y range, for the heatmaps' automatic bounds."""
+    conn.execute(position_stats.delete().where(position_stats.c.event_date == day))
+    rows = [
+        {"event_date": day, "level": level, **vars(summary)} for level, summary in sorted(ranges.by_level.items())
+    ]
+    if rows:
+        conn.execute(position_stats.insert(), rows)
+
+
+def finish_day(conn: sa.Connection, day: dt.date, target: sa.TableClause, ranges: PositionRanges) -> None:
+    """Record the day's position stats and, on PostgreSQL, swap the loaded table in."""
+    record_position_stats(conn, day, ranges)
+    if conn.dialect.name == "postgresql":
+        day_partitions.swap_in(conn, day, target)
 
 
 _GAME_EVENT_COLUMNS = [c.name for c in game_events.columns]
@@ -136,10 +164,10 @@ def _copy_text(value) -> str:
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def _copy_rows(conn: sa.Connection, table: sa.Table, columns: list[str], rows: list[dict]) -> None:
+def _copy_rows(conn: sa.Connection, table: sa.TableClause, columns: list[str], rows: list[dict]) -> None:
     """PostgreSQL COPY FROM STDIN through the connection's own transaction (psycopg 3 or psycopg2)."""
     cursor = conn.connection.cursor()
-    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    statement = f'COPY "{table.name}" ({", ".join(columns)}) FROM STDIN'
     try:
         if hasattr(cursor, "copy"):  # psycopg 3
             with cursor.copy(statement) as copy:
@@ -156,12 +184,11 @@ def _copy_rows(conn: sa.Connection, table: sa.Table, columns: list[str], rows: l
         cursor.close()
 
 
-def bulk_insert(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> None:
+def bulk_insert(conn: sa.Connection, table: sa.TableClause, rows: list[dict], columns: list[str]) -> None:
     """Insert many rows: COPY on PostgreSQL, executemany elsewhere."""
     if not rows:
         return
     if conn.dialect.name == "postgresql":
-        columns = _GAME_EVENT_COLUMNS if table is game_events else _QUARANTINE_COLUMNS
         _copy_rows(conn, table, columns, rows)
     else:
         conn.execute(table.insert(), rows)
@@ -172,13 +199,17 @@ def write_cleaned_chunks(
     chunks: Iterable[Iterable[Mapping]],
     cleaner: EventCleaner,
     reasons: collections.Counter,
+    target: sa.TableClause,
+    ranges: PositionRanges,
 ) -> tuple[int, int]:
-    """Clean each chunk of raw rows and bulk-load the results; return (clean, quarantined)."""
+    """Clean each chunk of raw rows and bulk-load the results into ``target`` and the quarantine;
+    return (clean, quarantined)."""
     clean = quarantined = 0
     for chunk in chunks:
         clean_rows, rejected = cleaner.clean(chunk)
-        bulk_insert(conn, game_events, clean_rows)
-        bulk_insert(conn, quarantined_events, rejected)
+        ranges.add_rows(clean_rows)
+        bulk_insert(conn, target, clean_rows, _GAME_EVENT_COLUMNS)
+        bulk_insert(conn, quarantined_events, rejected, _QUARANTINE_COLUMNS)
         reasons.update(q["reason"] for q in rejected)
         clean += len(clean_rows)
         quarantined += len(rejected)
@@ -200,9 +231,13 @@ def load_partition_python(
     reasons: collections.Counter[str] = collections.Counter()
     query = extract_day_query(source, day)
     with warehouse.begin() as write, source.connect() as read:
-        delete_partition(write, day)
+        target = begin_day(write, day)
+        ranges = PositionRanges()
         rows = read.execution_options(stream_results=True, yield_per=chunk_size).execute(query).mappings()
-        result.clean, result.quarantined = write_cleaned_chunks(write, rows.partitions(chunk_size), cleaner, reasons)
+        result.clean, result.quarantined = write_cleaned_chunks(
+            write, rows.partitions(chunk_size), cleaner, reasons, target, ranges
+        )
+        finish_day(write, day, target, ranges)
     result.extracted = cleaner.extracted
     result.reasons = dict(sorted(reasons.items()))
     return result

@@ -41,6 +41,7 @@ import datetime as dt
 
 import sqlalchemy as sa
 
+from heatmap_pipeline.core.binning import PositionRanges
 from heatmap_pipeline.core.cleaning import CleaningRules, EventCleaner
 from heatmap_pipeline.warehouse.events import SQLITE_DATE_GLOB
 
@@ -135,42 +136,60 @@ def _pg_id_is_unique(conn: sa.Connection) -> bool:
     )
 
 
+# Payloads up to this many bytes with no exponent ("1e5") cannot hold a number beyond float8's
+# range (that needs 300+ digits), so their numbers are cast directly; longer payloads (rare
+# in telemetry) take the guarded, slower casts.
+SHORT_PAYLOAD_BYTES = 300
+
+
 def _pg_number(jv: str) -> str:
-    """A JSON value as float8 exactly as Python's float() reads it, or NULL when not certain."""
+    """A JSON value as float8 exactly as Python's float() reads it, or NULL when not certain.
+
+    ``short`` (a column of the row) says the payload is short and exponent-free, so a JSON
+    number cast to float8 cannot overflow; otherwise the magnitude is checked as numeric first.
+    """
     n = f"CAST({jv} AS numeric)"
+    guarded = f"CASE WHEN abs({n}) < 1e300 AND (abs({n}) > 1e-300 OR {n} = 0) THEN CAST({n} AS double precision) END"
     return (
         f"(CASE jsonb_typeof({jv}) "
-        f"WHEN 'number' THEN CASE WHEN abs({n}) < 1e300 AND (abs({n}) > 1e-300 OR {n} = 0) "
-        f"THEN CAST({n} AS double precision) END "
+        f"WHEN 'number' THEN CASE WHEN short THEN CAST({jv} AS double precision) ELSE {guarded} END "
         f"WHEN 'string' THEN CASE WHEN ({jv} #>> '{{}}') ~ :plain_decimal "
         f"THEN CAST({jv} #>> '{{}}' AS double precision) END END)"
     )
 
 
 def _pg_level(jv: str) -> str:
-    """normalize_level() in SQL for the forms it can be sure of; NULL otherwise."""
-    n = f"CAST({jv} AS numeric)"
+    """normalize_level() in SQL for the forms where it is the JSON text itself; NULL otherwise.
+
+    Strings and booleans read as they are; a number only when it is an integer literal (no
+    '.', no exponent), whose text Python's str(int) reproduces. Python handles the rest.
+    """
     return (
         f"(CASE jsonb_typeof({jv}) "
         f"WHEN 'string' THEN {jv} #>> '{{}}' "
         f"WHEN 'boolean' THEN {jv} #>> '{{}}' "
-        f"WHEN 'number' THEN CASE WHEN abs({n}) < 1e15 AND {n} = trunc({n}) THEN CAST(CAST(trunc({n}) AS bigint) AS text) END "
+        f"WHEN 'number' THEN CASE WHEN strpos({jv} #>> '{{}}', '.') = 0 AND strpos(lower({jv} #>> '{{}}'), 'e') = 0 "
+        f"THEN {jv} #>> '{{}}' END "
         f"END)"
     )
 
 
-def _pg_statement(types: dict[str, str], id_unique: bool) -> str:
+def _pg_statement(types: dict[str, str], id_unique: bool, target: str) -> str:
     # Which payloads may be cast to jsonb without an error, and then read the way Python reads
     # them. json/jsonb columns hold JSON PostgreSQL already parsed: only a huge exponent (a
     # numeric overflow when cast) needs excluding. Text may hold anything: only flat objects
     # pass (the regular expression costs a few microseconds per row).
     kind = types["payload"]
+    text_payload = "CAST(e.payload AS text)"
     if kind == "jsonb":
-        validity, as_jsonb = "TRUE", "e_payload"
+        validity, short_validity = "TRUE", "TRUE"
     elif kind == "json":
-        validity, as_jsonb = "payload !~ '[eE][-+]?[0-9]{4}'", "CAST(e_payload AS jsonb)"
+        # a short payload without exponents has no 4-digit exponent either: one regex, not two
+        validity, short_validity = "payload !~ '[eE][-+]?[0-9]{4}'", "TRUE"
     else:
-        validity, as_jsonb = "payload ~ :flat_object", "CAST(payload AS jsonb)"
+        validity = short_validity = "payload ~ :flat_object"
+    as_jsonb = "CAST(payload AS jsonb)"  # the text of a jsonb column parses back to the same value
+
     def utc(col: str) -> str:
         if types[col] == "timestamp with time zone":
             return f"(e.\"{col}\" AT TIME ZONE 'UTC')"
@@ -178,46 +197,60 @@ def _pg_statement(types: dict[str, str], id_unique: bool) -> str:
 
     n_id = "1" if id_unique else "count(*) OVER (PARTITION BY e.id)"
     missing = "({v} IS NULL OR jsonb_typeof({v}) = 'null')"
-    lx, ly, ll, ls, lf = "(j -> 'x')", "(j -> 'y')", "(j -> 'level')", "(j -> 'score')", "(j -> 'final_score')"
+    raw = ", ".join(f'"{c}"' for c in _RESIDUE_COLUMNS)
+    # Each payload is parsed once: the OFFSET 0 fences stop the planner from inlining the
+    # parse (and the member lookups) into every expression that uses them.
     statement = f"""
-    WITH src AS (
+    WITH source_day AS (
         SELECT e.id, e.user_id, e.session_id, e.event_type, e.event_name, e.event_category,
-               e."timestamp", e.created_at, CAST(e.payload AS text) AS payload, e.payload AS e_payload,
-               {utc("timestamp")} AS ts_utc, {utc("created_at")} AS created_utc, {n_id} AS n_id
+               e."timestamp", e.created_at, {text_payload} AS payload,
+               {utc("timestamp")} AS ts_utc, {utc("created_at")} AS created_utc, {n_id} AS n_id,
+               (octet_length({text_payload}) <= LEAST({SHORT_PAYLOAD_BYTES}, :fast_max)
+                AND {text_payload} !~ '[0-9.][eE]') AS short
         FROM events e
         WHERE (e."timestamp" >= :start AND e."timestamp" < :end
                AND NOT COALESCE(e."timestamp" >= e.created_at + INTERVAL '1 day', false))
            OR ((e."timestamp" IS NULL OR e."timestamp" >= e.created_at + INTERVAL '1 day')
                AND e.created_at >= :start AND e.created_at < :end)
+        OFFSET 0
     ),
     parsed AS (
-        SELECT src.*,
-               CASE WHEN octet_length(payload) <= :fast_max AND strpos(payload, '\\u') = 0
-                     AND (octet_length(payload) <= 1000
-                          OR octet_length(payload) - octet_length(replace(replace(payload, '[', ''), '{{', '')) < 100)
-                     AND {validity}
+        SELECT source_day.*,
+               CASE WHEN strpos(payload, '\\u') = 0
+                     AND CASE WHEN short THEN {short_validity}
+                              ELSE octet_length(payload) <= :fast_max
+                                   AND (octet_length(payload) <= 1000
+                                        OR octet_length(payload)
+                                           - octet_length(replace(replace(payload, '[', ''), '{{', '')) < 100)
+                                   AND {validity} END
                     THEN {as_jsonb} END AS j
-        FROM src
-        OFFSET 0  -- a fence: parse each payload once, not once per reference to j
+        FROM source_day
+        OFFSET 0
+    ),
+    members AS (
+        SELECT parsed.*, j -> 'x' AS jx, j -> 'y' AS jy, j -> 'level' AS jl, j -> 'score' AS js, j -> 'final_score' AS jf
+        FROM parsed
+        OFFSET 0
     ),
     typed AS (
-        SELECT parsed.*,
-               ({lx} IS NOT NULL OR {ly} IS NOT NULL OR event_type = ANY (CAST(:position_types AS text[]))) AS is_pos,
-               {_pg_number(lx)} AS x, {_pg_number(ly)} AS y,
-               {_pg_number(ls)} AS score, {_pg_number(lf)} AS final_score,
-               {missing.format(v=ll)} AS no_level, {_pg_level(ll)} AS level_text,
-               {missing.format(v=ls)} AS no_score, {missing.format(v=lf)} AS no_final
-        FROM parsed
+        SELECT id, user_id, session_id, event_type, event_name, event_category, "timestamp", created_at, payload,
+               ts_utc, created_utc,
+               (jx IS NOT NULL OR jy IS NOT NULL OR event_type = ANY (CAST(:position_types AS text[]))) AS is_pos,
+               {_pg_number("jx")} AS x, {_pg_number("jy")} AS y,
+               {_pg_number("js")} AS score, {_pg_number("jf")} AS final_score,
+               {missing.format(v="jl")} AS no_level, {_pg_level("jl")} AS level_text,
+               {missing.format(v="js")} AS no_score, {missing.format(v="jf")} AS no_final,
+               (id IS NOT NULL AND n_id = 1 AND j IS NOT NULL
+                AND ts_utc >= :start AND ts_utc < :end
+                AND (CAST(:cutoff AS timestamp) IS NULL OR ts_utc <= CAST(:cutoff AS timestamp))
+                AND (created_utc IS NULL OR ts_utc <= created_utc + CAST(:arrival_tolerance AS interval))) AS row_ok
+        FROM members
         OFFSET 0
     ),
     classified AS (
         SELECT typed.*,
                COALESCE(
-                   id IS NOT NULL AND n_id = 1
-                   AND ts_utc >= :start AND ts_utc < :end
-                   AND (CAST(:cutoff AS timestamp) IS NULL OR ts_utc <= CAST(:cutoff AS timestamp))
-                   AND (created_utc IS NULL OR ts_utc <= created_utc + CAST(:arrival_tolerance AS interval))
-                   AND j IS NOT NULL
+                   row_ok
                    AND (NOT is_pos OR (x IS NOT NULL AND y IS NOT NULL))
                    AND (no_level OR level_text = ANY (CAST(:levels AS text[])))
                    AND (no_score OR score IS NOT NULL)
@@ -226,7 +259,7 @@ def _pg_statement(types: dict[str, str], id_unique: bool) -> str:
         FROM typed
     ),
     ins AS (
-        INSERT INTO game_events ({_GAME_EVENT_COLUMNS})
+        INSERT INTO "{target}" ({_GAME_EVENT_COLUMNS})
         SELECT CAST(:day AS date), CAST(id AS text), CAST(user_id AS text), CAST(session_id AS text),
                CAST(event_type AS text), CAST(event_name AS text), CAST(event_category AS text),
                ts_utc,
@@ -234,14 +267,18 @@ def _pg_statement(types: dict[str, str], id_unique: bool) -> str:
                CASE WHEN is_pos THEN x END, CASE WHEN is_pos THEN y END,
                score, final_score, payload, created_utc
         FROM classified WHERE fast
-        RETURNING 1
+        RETURNING level, x, y
     ),
     res AS (
-        INSERT INTO etl_residue ({", ".join(f'"{c}"' for c in _RESIDUE_COLUMNS)})
-        SELECT {", ".join(f'"{c}"' for c in _RESIDUE_COLUMNS)} FROM classified WHERE NOT fast
+        INSERT INTO etl_residue ({raw})
+        SELECT {raw} FROM classified WHERE NOT fast
         RETURNING 1
     )
-    SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM res)
+    SELECT NULL AS level, (SELECT count(*) FROM ins) AS n, NULL AS x_min, NULL AS x_max, NULL AS y_min, NULL AS y_max,
+           (SELECT count(*) FROM res) AS residue
+    UNION ALL
+    SELECT level, count(*), min(x), max(x), min(y), max(y), NULL FROM ins
+    WHERE level IS NOT NULL AND x IS NOT NULL AND y IS NOT NULL GROUP BY level
     """
     return statement
 
@@ -264,8 +301,11 @@ def _params(day: dt.date, rules: CleaningRules, dialect: str) -> dict:
     }
 
 
-def _pg_fast_insert(conn: sa.Connection, day: dt.date, rules: CleaningRules) -> tuple[int, sa.Select, dict]:
-    """Insert the certainly-clean rows; return their count and a query for the residue."""
+def _pg_fast_insert(
+    conn: sa.Connection, day: dt.date, rules: CleaningRules, target: str, ranges: PositionRanges
+) -> tuple[int, sa.Select, dict]:
+    """Insert the certainly-clean rows into ``target``; add their position ranges to ``ranges``;
+    return their count and a query for the residue."""
     types = _pg_source_columns(conn)
     _pg_check_types(types)
     conn.execute(
@@ -275,7 +315,16 @@ def _pg_fast_insert(conn: sa.Connection, day: dt.date, rules: CleaningRules) -> 
             + " FROM events WITH NO DATA"
         )
     )
-    fast, _residue = conn.execute(sa.text(_pg_statement(types, _pg_id_is_unique(conn))), _params(day, rules, "postgresql")).one()
+    statement = _pg_statement(types, _pg_id_is_unique(conn), target)
+    # The statement keeps the classified day in a tuplestore (the clean rows and the residue
+    # both read it): in memory it costs a fraction of spilling ~160 bytes a row to disk.
+    conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
+    fast = 0
+    for level, n, x_min, x_max, y_min, y_max, _residue in conn.execute(sa.text(statement), _params(day, rules, "postgresql")):
+        if level is None:
+            fast = n
+        else:
+            ranges.add_summary(level, n, x_min, x_max, y_min, y_max)
     residue = sa.table("etl_residue", *(sa.column(c) for c in _RESIDUE_COLUMNS))
     query = sa.select(*(residue.c[c] for c in _RESIDUE_COLUMNS)).order_by(residue.c.id, residue.c.created_at)
     return int(fast), query, {}
@@ -405,7 +454,9 @@ def _sqlite_select(id_unique: bool, rules: CleaningRules) -> str:
     """
 
 
-def _sqlite_fast_insert(conn: sa.Connection, day: dt.date, rules: CleaningRules) -> tuple[int, sa.TextClause, dict]:
+def _sqlite_fast_insert(
+    conn: sa.Connection, day: dt.date, rules: CleaningRules, ranges: PositionRanges
+) -> tuple[int, sa.TextClause, dict]:
     import json
 
     params = _params(day, rules, "sqlite")
@@ -435,6 +486,15 @@ def _sqlite_fast_insert(conn: sa.Connection, day: dt.date, rules: CleaningRules)
     )
     # the driver's rowcount is unreliable for a statement that starts with WITH
     inserted = conn.exec_driver_sql("SELECT changes()").scalar_one()
+    # The partition holds just these rows yet: their ranges, before the residue joins them.
+    for row in conn.execute(
+        sa.text(
+            "SELECT level, count(*), min(x), max(x), min(y), max(y) FROM game_events "
+            "WHERE event_date = :day AND level IS NOT NULL AND x IS NOT NULL AND y IS NOT NULL GROUP BY level"
+        ),
+        {"day": params["day"]},
+    ):
+        ranges.add_summary(*row)
     # The residue is every row of the day whose id did not just land in the (emptied) partition:
     # a fast row's id is unique that day, so no other row shares it. This reads the day again
     # through the primary key instead of classifying every row a second time.
@@ -466,7 +526,7 @@ def load_partition_sql(
     Raises :class:`UnsupportedSource` (before writing anything) when the source columns have
     types the SQL does not handle; the caller then uses the Python path.
     """
-    from heatmap_pipeline.warehouse.events import EtlResult, delete_partition, write_cleaned_chunks
+    from heatmap_pipeline.warehouse.events import EtlResult, begin_day, finish_day, write_cleaned_chunks
 
     dialect = engine.dialect.name
     if dialect not in ("postgresql", "sqlite"):
@@ -479,13 +539,15 @@ def load_partition_sql(
             enc = conn.execute(sa.text("SHOW server_encoding")).scalar()
             if enc != "UTF8":  # octet_length must count the bytes Python counts
                 raise UnsupportedSource(f"server_encoding {enc}")
-            delete_partition(conn, day)
-            fast, residue_query, params = _pg_fast_insert(conn, day, rules)
+        target = begin_day(conn, day)
+        ranges = PositionRanges()
+        if dialect == "postgresql":
+            fast, residue_query, params = _pg_fast_insert(conn, day, rules, target.name, ranges)
         else:
-            delete_partition(conn, day)
-            fast, residue_query, params = _sqlite_fast_insert(conn, day, rules)
-        rows = conn.execution_options(yield_per=chunk_size).execute(residue_query, params).mappings()
-        clean, quarantined = write_cleaned_chunks(conn, rows.partitions(chunk_size), cleaner, reasons)
+            fast, residue_query, params = _sqlite_fast_insert(conn, day, rules, ranges)
+        rows = conn.execute(residue_query, params, execution_options={"yield_per": chunk_size}).mappings()
+        clean, quarantined = write_cleaned_chunks(conn, rows.partitions(chunk_size), cleaner, reasons, target, ranges)
+        finish_day(conn, day, target, ranges)
     result.extracted = fast + cleaner.extracted
     result.clean = fast + clean
     result.quarantined = quarantined

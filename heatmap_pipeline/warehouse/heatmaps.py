@@ -1,8 +1,15 @@
 """Per (date, level) heatmaps from ``game_events``, binned inside the database, upserted into ``heatmaps``.
 
-The database returns at most grid_size**2 rows (one per non-empty cell), never the points.
+The database returns at most (grid_size + 2)**2 rows (one per non-empty cell), never the points,
+and reads the day's positions once: automatic bounds come from ``position_stats``, which the
+ETL writes with the partition (a day loaded some other way falls back to a min/max query).
 
-Fast path: the database groups the points by a clamped first guess floor((v - lo) / step)
+PostgreSQL: ``width_bucket(v, edges)`` with the very edges ``np.linspace`` computes is a binary
+search over them: exactly ``np.histogram2d``'s rule, for every value, in one pass. The edge list
+ends just above the upper bound, so bucket 0 and the bucket past the last hold the points
+outside the bounds, counted in the same pass.
+
+SQLite (no width_bucket): the database groups the points by a clamped first guess floor((v - lo) / step)
 and returns, per group, the count and the min/max of x and y. Python then checks every group
 against the very edges ``np.linspace`` computes: when each group's min and max lie inside
 its cell's edges, every point of it does, so the counts are exactly ``np.histogram2d``'s.
@@ -27,7 +34,7 @@ from heatmap_pipeline.core.binning import (
     matrix_summary,
     matrix_to_json,
 )
-from heatmap_pipeline.schema import game_events, heatmaps
+from heatmap_pipeline.schema import game_events, heatmaps, position_stats
 from heatmap_pipeline.warehouse.locks import lock_partition
 
 
@@ -148,21 +155,105 @@ def groups_are_exact(groups: list, bounds: GridBounds, grid_size: int) -> bool:
     )
 
 
+def search_edges(lo: float, hi: float, grid_size: int) -> list[float]:
+    """Thresholds for PostgreSQL's ``width_bucket(v, thresholds)``.
+
+    The lower edges of the grid's cells as ``np.linspace`` computes them, then the next float
+    above ``hi``: bucket i (1..grid_size) is cell i-1 for every v in [lo, hi] (hi itself lands
+    in the last cell, as in numpy); bucket 0 is below lo, bucket grid_size + 1 above hi.
+    """
+    edges = bin_edges(lo, hi, grid_size)
+    return [float(v) for v in edges[:-1]] + [float(np.nextafter(hi, np.inf))]
+
+
+PG_BUCKETS_SQL = """
+    SELECT width_bucket(y, CAST(:y_edges AS double precision[])) AS gy,
+           width_bucket(x, CAST(:x_edges AS double precision[])) AS gx,
+           count(*) AS n
+    FROM game_events
+    WHERE event_date = :day AND level = :level AND x IS NOT NULL AND y IS NOT NULL
+    GROUP BY 1, 2
+"""
+
+
+def _position_stats(conn: sa.Connection, day: dt.date, level: str) -> tuple[int, float, float, float, float] | None:
+    """(positions, x_min, x_max, y_min, y_max) of the day's level: the ETL's record, else a scan."""
+    recorded = conn.execute(
+        sa.select(
+            position_stats.c.positions,
+            position_stats.c.x_min,
+            position_stats.c.x_max,
+            position_stats.c.y_min,
+            position_stats.c.y_max,
+        ).where(position_stats.c.event_date == day, position_stats.c.level == level)
+    ).first()
+    if recorded is not None:
+        return tuple(recorded)
+    if conn.execute(sa.select(sa.literal(1)).where(position_stats.c.event_date == day).limit(1)).first():
+        return None  # the ETL recorded this day: the level has no positions
+    scanned = conn.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.min(game_events.c.x),
+            sa.func.max(game_events.c.x),
+            sa.func.min(game_events.c.y),
+            sa.func.max(game_events.c.y),
+        ).where(_positions(day, level))
+    ).one()
+    return tuple(scanned) if scanned[0] else None
+
+
+def plan_bucket_query(conn: sa.Connection) -> None:
+    """Settings for PG_BUCKETS_SQL, for the rest of the transaction.
+
+    The planner cannot know that the buckets number at most (grid_size + 2)**2: it guesses
+    hundreds of thousands of groups, plans a hash table that spills and so runs serially. The
+    groups fit in a few kB; with room for its guess and free tuple transfer it aggregates in
+    parallel workers (0.47 s instead of 0.79 s a level at 10M events/day).
+    """
+    conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))
+    conn.execute(sa.text("SET LOCAL parallel_tuple_cost = 0"))
+
+
+def _bin_postgresql(conn: sa.Connection, day: dt.date, level: str, bounds: GridBounds, grid_size: int):
+    """One pass: (matrix accumulator, points, points outside the bounds)."""
+    accumulator = HeatmapAccumulator(bounds, grid_size)
+    rows, cols, counts = [], [], []
+    points = outside = 0
+    plan_bucket_query(conn)
+    result = conn.execute(
+        sa.text(PG_BUCKETS_SQL),
+        {
+            "day": day,
+            "level": level,
+            "x_edges": search_edges(bounds.x_min, bounds.x_max, grid_size),
+            "y_edges": search_edges(bounds.y_min, bounds.y_max, grid_size),
+        },
+    )
+    for gy, gx, n in result:
+        points += n
+        if 1 <= gy <= grid_size and 1 <= gx <= grid_size:
+            rows.append(gy - 1)
+            cols.append(gx - 1)
+            counts.append(n)
+        else:
+            outside += n
+    if counts:
+        accumulator.add_cells(rows, cols, counts)
+    return accumulator, points, outside
+
+
 def compute_heatmap(
     warehouse: sa.Engine, day: dt.date, level: str, grid_size: int, fixed_bounds: GridBounds | None = None
 ) -> HeatmapResult:
     """Bin the day's positions of one level in SQL; auto bounds come from the day's min/max."""
+    postgres = warehouse.dialect.name == "postgresql"
     with warehouse.connect() as conn:
-        stats = conn.execute(
-            sa.select(
-                sa.func.count(),
-                sa.func.min(game_events.c.x),
-                sa.func.max(game_events.c.x),
-                sa.func.min(game_events.c.y),
-                sa.func.max(game_events.c.y),
-            ).where(_positions(day, level))
-        ).one()
-        points = int(stats[0])
+        if postgres:  # the stats and the binning read one snapshot
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        conn.begin()
+        stats = _position_stats(conn, day, level)
+        points = int(stats[0]) if stats else 0
         if fixed_bounds is not None:
             bounds, source = fixed_bounds, "fixed"
         elif points:
@@ -170,7 +261,9 @@ def compute_heatmap(
         else:
             bounds, source = None, "auto"  # an empty day has no range of its own
         accumulator = HeatmapAccumulator(bounds or GridBounds(0, 1, 0, 1), grid_size)
-        if points and bounds is not None:
+        if points and bounds is not None and postgres:
+            accumulator, points, outside = _bin_postgresql(conn, day, level, bounds, grid_size)
+        elif points and bounds is not None:
             date_param = day if warehouse.dialect.name == "postgresql" else day.isoformat()
             params = {
                     "day": date_param,

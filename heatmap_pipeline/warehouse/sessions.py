@@ -92,22 +92,23 @@ def replace_session_partition(warehouse: sa.Engine, day: dt.date, now: dt.dateti
         conn.execute(session_stats.delete().where(session_stats.c.event_date == day))
         if rows:
             conn.execute(session_stats.insert(), rows)
-        # A session can span midnight: its leaderboard row sums all of its days.
-        touched = sa.select(game_events.c.session_id).where(
-            game_events.c.event_date == day, game_events.c.session_id.is_not(None)
-        )
-        conn.execute(leaderboard_aggregates.delete().where(leaderboard_aggregates.c.session_id.in_(touched)))
-        totals = (
-            sa.select(
-                game_events.c.session_id,
-                sa.func.count(),
-                sa.func.max(_best_score()),
-                sa.literal(now, sa.DateTime()),
+        # A session can span midnight: its leaderboard row sums all of its days' session_stats.
+        touched = sorted({r["session_id"] for r in rows} - {NO_SESSION})
+        inserted = 0
+        for start in range(0, len(touched), 1000):  # bounded IN lists
+            batch = touched[start : start + 1000]
+            conn.execute(leaderboard_aggregates.delete().where(leaderboard_aggregates.c.session_id.in_(batch)))
+            totals = (
+                sa.select(
+                    session_stats.c.session_id,
+                    sa.func.sum(session_stats.c.event_count),
+                    sa.func.max(session_stats.c.max_score),
+                    sa.literal(now, sa.DateTime()),
+                )
+                .where(session_stats.c.session_id.in_(batch))
+                .group_by(session_stats.c.session_id)
             )
-            .where(game_events.c.session_id.in_(touched))
-            .group_by(game_events.c.session_id)
-        )
-        inserted = conn.execute(
-            leaderboard_aggregates.insert().from_select(["session_id", "event_count", "score_max", "updated_at"], totals)
-        ).rowcount
+            inserted += conn.execute(
+                leaderboard_aggregates.insert().from_select(["session_id", "event_count", "score_max", "updated_at"], totals)
+            ).rowcount
     return SessionResult(sessions=len(rows), events=sum(r["event_count"] for r in rows), leaderboard_rows=inserted)
