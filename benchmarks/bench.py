@@ -343,7 +343,13 @@ def explain(url: str) -> dict[str, str]:
     if pg:
         queries["heatmap buckets (date, level): the one pass over the level's positions"] = (
             PG_BUCKETS_SQL,
-            {"day": day, "level": "2", "x_edges": search_edges(0.0, 200.0, GRID), "y_edges": search_edges(0.0, 80.0, GRID)},
+            {
+                "day": day,
+                "level": "2",
+                "x_edges": search_edges(0.0, 200.0, GRID),
+                "y_edges": search_edges(0.0, 80.0, GRID),
+                "stride": GRID + 2,
+            },
         )
     else:
         cells = {"day": day, "level": "2", "x0": 0.0, "x1": 200.0, "sx": 4.0, "y0": 0.0, "y1": 80.0, "sy": 1.6, "last": GRID - 1}

@@ -2,9 +2,9 @@
 a run process killed mid-write. Each ends with the partition either as before or as a clean run.
 
 The mid-write faults need the writer stopped at a known point inside its transaction, without
-a hook in the code: the test inserts, in its own open transaction, a game_events row with the
-key of one of the new events. The run deletes the old partition, starts inserting, and blocks on
-that key (PostgreSQL waits for the test's transaction to decide). Then the fault is injected.
+a hook in the code: the test writes, in its own open transaction, a game_events row of the day.
+The run loads the new day into a fresh table, then waits to swap it in for the old partition
+(it cannot lock game_events while the test's transaction holds it). Then the fault is injected.
 """
 
 import datetime as dt
@@ -174,7 +174,7 @@ DAY = "2025-11-16"
 
 
 class WriterBlocker:
-    """Holds, in an open transaction, a game_events row with the key the run will insert last."""
+    """Holds, in an open transaction, a game_events row of the day: the run's swap waits for it."""
 
     def __init__(self, url: str, event_id: str):
         self.engine = sa.create_engine(url)
@@ -188,7 +188,7 @@ class WriterBlocker:
         self.my_pid = self.conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
 
     def blocked_writer_pid(self, timeout: float = 30) -> int:
-        """The backend of the run, once it waits on our row (it has deleted and is inserting)."""
+        """The backend of the run, once it waits on our transaction (it has loaded the day and is swapping)."""
         watcher = sa.create_engine(self.engine.url)
         deadline = time.monotonic() + timeout
         try:
@@ -325,8 +325,8 @@ def test_run_process_killed_mid_write_leaves_the_partition_intact_and_a_rerun_co
         [sys.executable, "-c", KILLABLE_RUN], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        writer = blocker.blocked_writer_pid(timeout=60)  # the run has deleted the old rows and is inserting
-        assert warehouse_snapshot(url) == before  # uncommitted: nobody else sees the delete
+        writer = blocker.blocked_writer_pid(timeout=60)  # the run has loaded the new day and waits to swap
+        assert warehouse_snapshot(url) == before  # uncommitted: nobody else sees the new day
         process.send_signal(signal.SIGKILL)
         assert process.wait(timeout=10) == -signal.SIGKILL
     finally:

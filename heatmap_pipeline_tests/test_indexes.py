@@ -68,7 +68,7 @@ def test_heatmap_queries_use_a_covering_date_level_index(db_url):
     engine = _load_day(db_url)
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
-            params = {"day": DAY, "level": "1", "x_edges": [0.0, 5.0, 10.0], "y_edges": [0.0, 5.0, 10.0]}
+            params = {"day": DAY, "level": "1", "x_edges": [0.0, 5.0, 10.0], "y_edges": [0.0, 5.0, 10.0], "stride": 4}
             plan = text_plan(conn, PG_BUCKETS_SQL, params)
             assert "Index Only Scan using game_events_20251116_" in plan, plan
         else:

@@ -59,5 +59,6 @@ def render_heatmap_png(matrix, title: str = "", bounds: list[float] | None = Non
     draw.text((bar_x + 15, margin_top + grid.height - 10), "0", fill="black", font=font)
     draw.text((bar_x - 4, margin_top + grid.height + 4), "sqrt scale", fill="black", font=font)
     buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG", compress_level=6)  # optimize=True cost ~50 ms a heatmap for ~10% fewer bytes
+    # optimize=True took ~50 ms a heatmap (most of a heatmap run at 1M events/day) for 20% fewer bytes
+    canvas.save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()

@@ -121,10 +121,10 @@ def _sqlstate(exc: BaseException) -> str | None:
     return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
 
 
-def lock_for_swap(
-    conn: sa.Connection, wait: dt.timedelta = SWAP_LOCK_WAIT, patience: dt.timedelta = SWAP_LOCK_PATIENCE
-) -> None:
+def lock_for_swap(conn: sa.Connection, wait: dt.timedelta | None = None, patience: dt.timedelta | None = None) -> None:
     """``ACCESS EXCLUSIVE`` on game_events, asked for ``wait`` at a time so readers never queue long."""
+    wait = wait or SWAP_LOCK_WAIT
+    patience = patience or SWAP_LOCK_PATIENCE
     deadline = time.monotonic() + patience.total_seconds()
     pause = 0.05
     while True:

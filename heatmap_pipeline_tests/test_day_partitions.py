@@ -1,0 +1,234 @@
+"""Day partitions (PostgreSQL) and the position ranges the ETL records for the heatmaps.
+
+A day is loaded into a fresh table and swapped in; a rerun replaces it; rows written straight
+into ``game_events`` are replaced too; an earlier version's plain table is migrated; the swap
+never makes readers queue behind it for long, and gives up cleanly. On both databases the
+recorded ``position_stats`` equal the day's real ranges, and a heatmap binned with them equals
+``np.histogram2d`` on the day's own range.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from heatmap_pipeline.core.binning import histogram2d_reference, auto_bounds
+from heatmap_pipeline.core.cleaning import CleaningRules
+from heatmap_pipeline.db import get_engine
+from heatmap_pipeline.schema import ensure_warehouse_schema, game_events, position_stats
+from heatmap_pipeline.warehouse import day_partitions
+from heatmap_pipeline.warehouse.events import load_partition, load_partition_python
+from heatmap_pipeline.warehouse.heatmaps import compute_heatmap
+from heatmap_pipeline_tests.support import event, warehouse_snapshot, write_source_events
+
+DAY = dt.date(2025, 11, 16)
+NOW = dt.datetime(2025, 11, 17)
+RULES = CleaningRules(levels=frozenset({"1", "2"}), default_level="1", position_event_types=frozenset({"move"}))
+
+
+def at(minute: int) -> dt.datetime:
+    return dt.datetime(2025, 11, 16, 10) + dt.timedelta(minutes=minute)
+
+
+def day_rows(n: int = 40) -> list[dict]:
+    rng = np.random.default_rng(3)
+    rows = [event(at(i), {"x": float(rng.uniform(-5, 50)), "y": float(rng.uniform(0, 9)), "level": 1 + i % 2}) for i in range(n)]
+    # rows only the Python cleaner takes (SQL leaves them to it): their positions count too
+    rows.append(event(at(n), {"x": " 99.5 ", "y": "-3", "level": 2}))
+    rows.append(event(at(n + 1), {"x": 1.5e300, "y": 4, "level": 1}))
+    rows.append(event(at(n + 2), {"score": 7, "level": 1}, event_type="score"))  # not a position
+    return rows
+
+
+def source(url: str, rows: list[dict]) -> sa.Engine:
+    """Source events in the warehouse database, and the warehouse tables."""
+    engine = write_source_events(url, rows)
+    ensure_warehouse_schema(engine)
+    return engine
+
+
+def partitions(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT c.relname || ' ' || pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'game_events'::regclass ORDER BY 1"
+            )
+        ).scalars().all()
+
+
+def day_tables(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT relname FROM pg_class WHERE relname LIKE 'game_events_20251116%' AND relkind = 'r'")
+        ).scalars().all()
+
+
+# --- PostgreSQL day partitions ---------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_day_is_its_own_partition_and_a_rerun_swaps_it_for_a_new_one(postgres_url):
+    engine = source(postgres_url, day_rows())
+    first = load_partition(engine, engine, DAY, RULES, NOW)
+    [day_partition] = [p for p in partitions(engine) if "2025-11-16" in p]
+    snapshot = warehouse_snapshot(postgres_url)
+    second = load_partition(engine, engine, DAY, RULES, NOW)
+    assert (first.clean, first.quarantined) == (second.clean, second.quarantined) == (43, 0)
+    [new_partition] = [p for p in partitions(engine) if "2025-11-16" in p]
+    assert new_partition != day_partition and new_partition.endswith("FOR VALUES IN ('2025-11-16')")
+    assert len(day_tables(engine)) == 1  # the old partition is dropped, no table left behind
+    assert warehouse_snapshot(postgres_url)["game_events"] == snapshot["game_events"]
+
+
+@pytest.mark.postgres
+def test_rows_written_straight_into_game_events_are_replaced_by_the_next_load(postgres_url):
+    engine = source(postgres_url, day_rows(4))
+    with engine.begin() as conn:  # by hand, before any load: the day has no partition yet
+        conn.execute(game_events.insert().values(event_date=DAY, event_id="by-hand", ts=at(0)))
+    assert day_partitions.DEFAULT_PARTITION + " DEFAULT" in partitions(engine)
+    load_partition(engine, engine, DAY, RULES, NOW)
+    with engine.connect() as conn:
+        ids = conn.execute(sa.select(game_events.c.event_id).where(game_events.c.event_date == DAY)).scalars().all()
+    assert "by-hand" not in ids and len(ids) == 7
+
+
+@pytest.mark.postgres
+def test_an_unpartitioned_game_events_of_an_earlier_version_is_migrated_with_its_rows(postgres_url):
+    engine = get_engine(postgres_url)
+    old = sa.MetaData()
+    plain = sa.Table("game_events", old, *(sa.Column(c.name, c.type, primary_key=c.primary_key) for c in game_events.columns))
+    sa.Index("ix_game_events_session", plain.c.session_id)
+    old.create_all(engine)
+    rows = [
+        {"event_date": day, "event_id": f"e{i}", "ts": dt.datetime.combine(day, dt.time(i)), "level": "1", "x": i, "y": i}
+        for i, day in enumerate([DAY, DAY, DAY + dt.timedelta(days=1)])
+    ]
+    with engine.begin() as conn:
+        conn.execute(plain.insert(), rows)
+    ensure_warehouse_schema(engine)
+    ensure_warehouse_schema(engine)  # idempotent
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT relkind FROM pg_class WHERE relname = 'game_events'")).scalar() == "p"
+        kept = conn.execute(sa.select(game_events.c.event_id, game_events.c.event_date).order_by(game_events.c.event_id)).all()
+        indexes = conn.execute(sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'game_events'")).scalars().all()
+    assert kept == [(r["event_id"], r["event_date"]) for r in rows]
+    assert sorted(p.split(" ", 1)[1] for p in partitions(engine)) == [
+        "DEFAULT", "FOR VALUES IN ('2025-11-16')", "FOR VALUES IN ('2025-11-17')"
+    ]
+    assert "ix_game_events_session" not in indexes  # the leaderboard reads session_stats now
+
+
+@pytest.mark.postgres
+def test_the_swap_steps_back_for_readers_while_a_long_transaction_holds_the_table(postgres_url, monkeypatch):
+    monkeypatch.setattr(day_partitions, "SWAP_LOCK_WAIT", dt.timedelta(milliseconds=200))
+    engine = source(postgres_url, day_rows(4))
+    load_partition(engine, engine, DAY, RULES, NOW)
+    write_source_events(postgres_url, [event(at(30), {"x": 1, "y": 1})])
+    long_reader = sa.create_engine(postgres_url).connect()
+    tx = long_reader.begin()
+    long_reader.execute(sa.select(sa.func.count()).select_from(game_events)).scalar_one()  # holds ACCESS SHARE
+    done = {}
+    loader = threading.Thread(target=lambda: done.setdefault("result", load_partition(engine, engine, DAY, RULES, NOW)))
+    loader.start()
+    try:
+        time.sleep(1.0)  # the load is waiting for the table by now
+        assert loader.is_alive()
+        started = time.monotonic()
+        other = sa.create_engine(postgres_url)
+        with other.connect() as conn:  # a new reader is not stuck behind the waiting swap
+            assert conn.execute(sa.select(sa.func.count()).select_from(game_events)).scalar_one() == 7
+        other.dispose()
+        assert time.monotonic() - started < 1.5
+    finally:
+        tx.rollback()
+        long_reader.close()
+    loader.join(timeout=30)
+    assert done["result"].clean == 8
+
+
+@pytest.mark.postgres
+def test_a_swap_that_cannot_get_the_table_gives_up_and_leaves_the_old_partition(postgres_url, monkeypatch):
+    monkeypatch.setattr(day_partitions, "SWAP_LOCK_WAIT", dt.timedelta(milliseconds=100))
+    monkeypatch.setattr(day_partitions, "SWAP_LOCK_PATIENCE", dt.timedelta(seconds=1))
+    engine = source(postgres_url, day_rows(4))
+    load_partition(engine, engine, DAY, RULES, NOW)
+    before = warehouse_snapshot(postgres_url)
+    write_source_events(postgres_url, [event(at(30), {"x": 1, "y": 1})])
+    holder = sa.create_engine(postgres_url).connect()
+    tx = holder.begin()
+    holder.execute(sa.select(sa.func.count()).select_from(game_events)).scalar_one()
+    try:
+        with pytest.raises(day_partitions.SwapLockTimeout, match="held game_events for more than 0:00:01"):
+            load_partition(engine, engine, DAY, RULES, NOW)
+    finally:
+        tx.rollback()
+        holder.close()
+    assert warehouse_snapshot(postgres_url) == before
+    assert len(day_tables(engine)) == 1  # the loaded table went with the rollback
+
+
+# --- position_stats, both databases ----------------------------------------------------------
+
+
+def recorded_ranges(engine: sa.Engine) -> dict:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(position_stats).where(position_stats.c.event_date == DAY)).mappings().all()
+    return {r["level"]: (r["positions"], r["x_min"], r["x_max"], r["y_min"], r["y_max"]) for r in rows}
+
+
+def real_ranges(engine: sa.Engine) -> dict:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                game_events.c.level,
+                sa.func.count(),
+                sa.func.min(game_events.c.x),
+                sa.func.max(game_events.c.x),
+                sa.func.min(game_events.c.y),
+                sa.func.max(game_events.c.y),
+            )
+            .where(game_events.c.event_date == DAY, game_events.c.x.is_not(None), game_events.c.y.is_not(None))
+            .group_by(game_events.c.level)
+        ).all()
+    return {level: tuple(rest) for level, *rest in rows}
+
+
+@pytest.mark.parametrize("path", ["sql", "python"])
+def test_the_etl_records_the_day_s_position_ranges_per_level(db_url, path):
+    engine = source(db_url, day_rows())
+    load = load_partition if path == "sql" else load_partition_python
+    result = load(engine, engine, DAY, RULES, NOW)
+    assert result.residue or path == "python"  # the SQL path handed some rows to Python
+    recorded = recorded_ranges(engine)
+    assert recorded == real_ranges(engine)
+    assert recorded["2"][2] == 99.5  # a position only the Python cleaner took is in the range
+    assert sum(r[0] for r in recorded.values()) == 42
+
+
+def test_a_heatmap_binned_with_the_recorded_ranges_equals_histogram2d_on_the_day_s_own_range(db_url):
+    engine = source(db_url, day_rows())
+    load_partition(engine, engine, DAY, RULES, NOW)
+    with engine.connect() as conn:
+        xy = conn.execute(
+            sa.select(game_events.c.x, game_events.c.y).where(
+                game_events.c.event_date == DAY, game_events.c.level == "1", game_events.c.x.is_not(None)
+            )
+        ).all()
+    x, y = np.array([r[0] for r in xy]), np.array([r[1] for r in xy])
+    result = compute_heatmap(engine, DAY, "1", 10)
+    assert result.bounds == auto_bounds(x.min(), x.max(), y.min(), y.max())
+    assert np.array_equal(result.matrix, histogram2d_reference(x, y, result.bounds, 10))
+    assert (result.points, result.out_of_bounds) == (len(x), 0)
+
+
+def test_a_level_without_positions_on_a_recorded_day_gives_an_empty_heatmap(db_url):
+    engine = source(db_url, day_rows())
+    load_partition(engine, engine, DAY, RULES, NOW)
+    result = compute_heatmap(engine, DAY, "7", 10)
+    assert (result.points, result.bounds, float(result.matrix.sum())) == (0, None, 0.0)
