@@ -348,14 +348,13 @@ def explain(url: str) -> dict[str, str]:
                 "level": "2",
                 "x_edges": search_edges(0.0, 200.0, GRID),
                 "y_edges": search_edges(0.0, 80.0, GRID),
-                "stride": GRID + 2,
             },
         )
     else:
         cells = {"day": day, "level": "2", "x0": 0.0, "x1": 200.0, "sx": 4.0, "y0": 0.0, "y1": 80.0, "sy": 1.6, "last": GRID - 1}
-        queries["heatmap cell groups (date, level): the one pass normally used"] = (cell_groups_sql("sqlite"), cells)
+        queries["heatmap cell groups (date, level): the one pass normally used"] = (cell_groups_sql(), cells)
         queries["heatmap cells, exact fallback (only when a point sits on a rounding edge)"] = (
-            cell_counts_sql("sqlite"),
+            cell_counts_sql(),
             cells,
         )
     plans = {}
