@@ -140,6 +140,7 @@ def _pg_id_is_unique(conn: sa.Connection) -> bool:
 # range (that needs 300+ digits), so their numbers are cast directly; longer payloads (rare
 # in telemetry) take the guarded, slower casts.
 SHORT_PAYLOAD_BYTES = 300
+SQLITE_LOAD_CACHE_KIB = 64 * 1024
 
 
 def _pg_number(jv: str) -> str:
@@ -544,7 +545,14 @@ def load_partition_sql(
         if dialect == "postgresql":
             fast, residue_query, params = _pg_fast_insert(conn, day, rules, target.name, ranges)
         else:
-            fast, residue_query, params = _sqlite_fast_insert(conn, day, rules, ranges)
+            # 64 MiB of page cache for the load (2 by default): its two indexes are written in an
+            # order that is not key order, which with the small cache re-reads pages (-10% time).
+            # Only here: the heatmaps' GROUP BY sorts slower with the big cache.
+            conn.exec_driver_sql(f"PRAGMA cache_size={-SQLITE_LOAD_CACHE_KIB}")
+            try:
+                fast, residue_query, params = _sqlite_fast_insert(conn, day, rules, ranges)
+            finally:
+                conn.exec_driver_sql("PRAGMA cache_size=-2000")
         rows = conn.execute(residue_query, params, execution_options={"yield_per": chunk_size}).mappings()
         clean, quarantined = write_cleaned_chunks(conn, rows.partitions(chunk_size), cleaner, reasons, target, ranges)
         finish_day(conn, day, target, ranges)
