@@ -319,13 +319,7 @@ def floor_bincount(n_points: int) -> float:
 
 def explain(url: str) -> dict[str, str]:
     from heatmap_pipeline.db import get_engine
-    from heatmap_pipeline.warehouse.heatmaps import (
-        PG_BUCKETS_SQL,
-        cell_counts_sql,
-        cell_groups_sql,
-        plan_bucket_query,
-        search_edges,
-    )
+    from heatmap_pipeline.warehouse.heatmaps import PG_BUCKETS_SQL, SQLITE_POSITIONS_SQL, plan_bucket_query, search_edges
 
     engine = get_engine(url)
     pg = engine.dialect.name == "postgresql"
@@ -351,11 +345,9 @@ def explain(url: str) -> dict[str, str]:
             },
         )
     else:
-        cells = {"day": day, "level": "2", "x0": 0.0, "x1": 200.0, "sx": 4.0, "y0": 0.0, "y1": 80.0, "sy": 1.6, "last": GRID - 1}
-        queries["heatmap cell groups (date, level): the one pass normally used"] = (cell_groups_sql(), cells)
-        queries["heatmap cells, exact fallback (only when a point sits on a rounding edge)"] = (
-            cell_counts_sql(),
-            cells,
+        queries["heatmap positions (date, level), streamed into np.bincount"] = (
+            SQLITE_POSITIONS_SQL.replace("?", ":day", 1).replace("?", ":level", 1),
+            {"day": day, "level": "2"},
         )
     plans = {}
     with engine.connect() as conn:

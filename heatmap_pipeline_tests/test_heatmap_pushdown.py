@@ -1,8 +1,8 @@
 """The SQL pushdown of the heatmap gives exactly ``np.histogram2d``'s matrix, on SQLite and PostgreSQL.
 
 Random data with automatic and with fixed bounds, points on every edge, on the upper bound,
-a single point, all points equal - and data where floor((v - lo) / step) disagrees with the
-``np.linspace`` edges, which must be detected and corrected.
+a single point, all points equal - and points on the ``np.linspace`` edges of bounds where
+floor((v - lo) / step) would put them one cell off.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import sqlalchemy as sa
 from heatmap_pipeline.core.binning import GridBounds, auto_bounds, bin_edges, histogram2d_reference
 from heatmap_pipeline.db import get_engine
 from heatmap_pipeline.schema import ensure_warehouse_schema, game_events
-from heatmap_pipeline.warehouse.heatmaps import cell_groups_sql, compute_heatmap, groups_are_exact
+from heatmap_pipeline.warehouse.heatmaps import compute_heatmap
 
 DAY = dt.date(2025, 11, 16)
 GRID = 50
-# For these bounds, floor((edge - lo) / step) is one cell off for edges 11, 15 and 30.
+# For these bounds, floor((edge - lo) / step) is one cell off numpy's for edges 11, 15 and 30.
 TRICKY = GridBounds(2.364324940051347, 287.5083874681994, 2.364324940051347, 287.5083874681994)
 
 
@@ -61,23 +61,3 @@ def test_sql_heatmap_equals_histogram2d(db_url, name):
     assert np.array_equal(result.matrix, expected)
     inside = (x >= bounds.x_min) & (x <= bounds.x_max) & (y >= bounds.y_min) & (y <= bounds.y_max)
     assert (result.points, result.out_of_bounds) == (len(x), int((~inside).sum()))
-
-
-def test_a_point_off_its_first_guess_cell_is_detected_and_corrected(sqlite_url):
-    """SQLite: the cheap grouped query is rejected for tricky edges; the exact query then gives numpy's answer.
-
-    (PostgreSQL bins with width_bucket over numpy's edges: exact in one pass, tested above.)
-    """
-    edges = bin_edges(TRICKY.x_min, TRICKY.x_max, GRID)
-    engine = store(sqlite_url, "2", edges, edges)
-    step = (TRICKY.x_max - TRICKY.x_min) / GRID
-    params = {
-        "day": DAY.isoformat(), "level": "2",
-        "x0": TRICKY.x_min, "x1": TRICKY.x_max, "sx": step, "y0": TRICKY.y_min, "y1": TRICKY.y_max, "sy": step,
-        "last": GRID - 1,
-    }
-    with engine.connect() as conn:
-        groups = conn.execute(sa.text(cell_groups_sql()), params).all()
-    assert not groups_are_exact(groups, TRICKY, GRID)  # the first guesses are wrong for some edges
-    result = compute_heatmap(engine, DAY, "2", GRID, TRICKY)
-    assert np.array_equal(result.matrix, histogram2d_reference(edges, edges, TRICKY, GRID))

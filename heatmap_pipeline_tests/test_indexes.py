@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from heatmap_pipeline.db import get_engine
 from heatmap_pipeline.schema import ensure_warehouse_schema
 from heatmap_pipeline.warehouse.events import extract_day_query
-from heatmap_pipeline.warehouse.heatmaps import PG_BUCKETS_SQL, cell_groups_sql
+from heatmap_pipeline.warehouse.heatmaps import PG_BUCKETS_SQL, SQLITE_POSITIONS_SQL
 from heatmap_pipeline_tests.support import event, write_source_events
 
 DAY = dt.date(2025, 11, 16)
@@ -72,8 +72,7 @@ def test_heatmap_queries_use_a_covering_date_level_index(db_url):
             plan = text_plan(conn, PG_BUCKETS_SQL, params)
             assert "Index Only Scan using game_events_20251116_" in plan, plan
         else:
-            params = {"day": DAY.isoformat(), "level": "1", "x0": 0.0, "x1": 10.0, "sx": 1.0, "y0": 0.0, "y1": 10.0, "sy": 1.0, "last": 9}
-            plan = text_plan(conn, cell_groups_sql(), params)
+            plan = plan_of(conn, SQLITE_POSITIONS_SQL, (DAY.isoformat(), "1"))
             assert "COVERING INDEX ix_game_events_positions" in plan, plan
 
 

@@ -9,13 +9,9 @@ search over them: exactly ``np.histogram2d``'s rule, for every value, in one pas
 ends just above the upper bound, so bucket 0 and the bucket past the last hold the points
 outside the bounds, counted in the same pass.
 
-SQLite (no width_bucket): the database groups the points by a clamped first guess floor((v - lo) / step)
-and returns, per group, the count and the min/max of x and y. Python then checks every group
-against the very edges ``np.linspace`` computes: when each group's min and max lie inside
-its cell's edges, every point of it does, so the counts are exactly ``np.histogram2d``'s.
-Only when some point sits within a rounding error of an edge (the check says so) is the
-exact query run: it corrects each point's guess by one against the edges in SQL, in the
-same float64 arithmetic.
+SQLite (no width_bucket; it runs inside our process anyway): the level's (x, y) are streamed from
+the covering index in chunks into ``np.bincount`` (``HeatmapAccumulator``), with numpy's own
+cell rule. Memory stays at one chunk.
 """
 
 from __future__ import annotations
@@ -60,95 +56,6 @@ def _positions(day: dt.date, level: str):
         game_events.c.level == level,
         game_events.c.x.is_not(None),
         game_events.c.y.is_not(None),
-    )
-
-
-def _first_guess(value: str, lo: str, step: str) -> str:
-    return f"CAST(({value} - {lo}) / {step} AS INTEGER)"  # non-negative here, so truncation is floor
-
-
-def _clamped(guess: str, last: str) -> str:
-    return f"CASE WHEN {guess} > {last} THEN {last} WHEN {guess} < 0 THEN 0 ELSE {guess} END"
-
-
-def _corrected(value: str, cell: str, lo: str, hi: str, step: str, last: str) -> str:
-    edge = f"(CAST({cell} AS REAL) * {step} + {lo})"
-    next_edge = f"(CAST({cell} + 1 AS REAL) * {step} + {lo})"
-    return (
-        f"CASE WHEN {value} = {hi} THEN {last} "
-        f"WHEN {value} < {edge} THEN {cell} - 1 "
-        f"WHEN {cell} < {last} AND {value} >= {next_edge} THEN {cell} + 1 "
-        f"ELSE {cell} END"
-    )
-
-
-_SQLITE_BOUNDS = {name: f"CAST(:{name} AS REAL)" for name in ("x0", "x1", "sx", "y0", "y1", "sy")}
-
-
-def cell_counts_sql() -> str:
-    """SQLite: (row, col, count) for one (date, level) within bounds, every guess corrected."""
-    p, last = _SQLITE_BOUNDS, ":last"
-    cx = _corrected("x", "gx", p["x0"], p["x1"], p["sx"], last)
-    cy = _corrected("y", "gy", p["y0"], p["y1"], p["sy"], last)
-    # Fences keep the planner from inlining the subqueries, which would repeat the guess
-    # expression once per reference (about ten times per axis) instead of computing it once.
-    fence = "LIMIT -1 OFFSET 0"
-    return f"""
-        SELECT cy, cx, COUNT(*) AS n FROM (
-            SELECT {cx} AS cx, {cy} AS cy FROM (
-                SELECT x, y,
-                       {_clamped("rx", last)} AS gx,
-                       {_clamped("ry", last)} AS gy
-                FROM (
-                    SELECT x, y,
-                           {_first_guess("x", p["x0"], p["sx"])} AS rx,
-                           {_first_guess("y", p["y0"], p["sy"])} AS ry
-                    FROM game_events
-                    WHERE event_date = :day AND level = :level
-                      AND x IS NOT NULL AND y IS NOT NULL
-                      AND x >= {p["x0"]} AND x <= {p["x1"]} AND y >= {p["y0"]} AND y <= {p["y1"]}
-                    {fence}
-                ) guessed
-                {fence}
-            ) clamped
-        ) cells
-        GROUP BY cy, cx
-    """
-
-
-def cell_groups_sql() -> str:
-    """SQLite: (row, col, count, min x, max x, min y, max y) per clamped first-guess cell."""
-    p = _SQLITE_BOUNDS
-
-    def cell(value: str, origin: str, step: str) -> str:
-        return f"MIN(MAX({_first_guess(value, origin, step)}, 0), :last)"
-
-    return f"""
-        SELECT {cell("y", p["y0"], p["sy"])} AS gy, {cell("x", p["x0"], p["sx"])} AS gx,
-               COUNT(*) AS n, MIN(x), MAX(x), MIN(y), MAX(y)
-        FROM game_events
-        WHERE event_date = :day AND level = :level
-          AND x IS NOT NULL AND y IS NOT NULL
-          AND x >= {p["x0"]} AND x <= {p["x1"]} AND y >= {p["y0"]} AND y <= {p["y1"]}
-        GROUP BY 1, 2
-    """
-
-
-def groups_are_exact(groups: list, bounds: GridBounds, grid_size: int) -> bool:
-    """True when every group's points lie inside the np.linspace edges of the group's cell."""
-    if not groups:
-        return True
-    gy, gx, _, x_min, x_max, y_min, y_max = (np.asarray(column) for column in zip(*groups))
-
-    def inside(index, v_min, v_max, lo, hi):
-        edges = bin_edges(lo, hi, grid_size)
-        index = index.astype(np.int64)
-        upper_ok = np.where(index == grid_size - 1, v_max.astype(np.float64) <= hi, v_max.astype(np.float64) < edges[np.minimum(index + 1, grid_size)])
-        return (v_min.astype(np.float64) >= edges[index]) & upper_ok
-
-    return bool(
-        np.all(inside(gx, x_min, x_max, bounds.x_min, bounds.x_max))
-        and np.all(inside(gy, y_min, y_max, bounds.y_min, bounds.y_max))
     )
 
 
@@ -240,29 +147,27 @@ def _bin_postgresql(conn: sa.Connection, day: dt.date, level: str, bounds: GridB
     return accumulator, points
 
 
-def _bin_sqlite(conn: sa.Connection, day: dt.date, level: str, bounds: GridBounds, grid_size: int) -> HeatmapAccumulator:
-    """Grouped first guesses, checked against numpy's edges; the exact query only if one is off."""
+SQLITE_POSITIONS_SQL = (
+    "SELECT x, y FROM game_events WHERE event_date = ? AND level = ? AND x IS NOT NULL AND y IS NOT NULL"
+)
+SQLITE_CHUNK_ROWS = 65_536
+
+
+def _bin_sqlite(conn: sa.Connection, day: dt.date, level: str, bounds: GridBounds, grid_size: int):
+    """Stream the level's positions in chunks into the accumulator; (accumulator, positions)."""
     accumulator = HeatmapAccumulator(bounds, grid_size)
-    params = {
-        "day": day.isoformat(),
-        "level": level,
-        "x0": bounds.x_min,
-        "x1": bounds.x_max,
-        "sx": (bounds.x_max - bounds.x_min) / grid_size,
-        "y0": bounds.y_min,
-        "y1": bounds.y_max,
-        "sy": (bounds.y_max - bounds.y_min) / grid_size,
-        "last": grid_size - 1,
-    }
-    groups = conn.execute(sa.text(cell_groups_sql()), params).all()
-    if groups_are_exact(groups, bounds, grid_size):
-        cells = [(g[0], g[1], g[2]) for g in groups]
-    else:  # a point within rounding distance of an edge: correct every guess in SQL
-        cells = conn.execute(sa.text(cell_counts_sql()), params).all()
-    if cells:
-        rows, cols, counts = zip(*cells)
-        accumulator.add_cells(rows, cols, counts)
-    return accumulator
+    points = 0
+    # the driver's own cursor: a chunk of plain tuples straight into numpy, no Row objects
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(SQLITE_POSITIONS_SQL, (day.isoformat(), level))
+        while chunk := cursor.fetchmany(SQLITE_CHUNK_ROWS):
+            xy = np.asarray(chunk, dtype=np.float64)
+            accumulator.add(xy[:, 0], xy[:, 1])
+            points += len(chunk)
+    finally:
+        cursor.close()
+    return accumulator, points
 
 
 def compute_heatmap(
@@ -287,7 +192,7 @@ def compute_heatmap(
             if postgres:
                 accumulator, points = _bin_postgresql(conn, day, level, bounds, grid_size)
             else:
-                accumulator = _bin_sqlite(conn, day, level, bounds, grid_size)
+                accumulator, points = _bin_sqlite(conn, day, level, bounds, grid_size)
     matrix = accumulator.matrix
     inside = int(matrix.sum())
     return HeatmapResult(
