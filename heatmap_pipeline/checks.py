@@ -95,43 +95,35 @@ def build_checks(
             ]
         )
 
-    @dg.asset_check(
-        asset="game_events",
-        name="unique_event_ids",
-        partitions_def=dates,
-        blocking=True,
-        retry_policy=retry,
-        description="No event id is stored twice in the day (ERROR); an id also stored on another day is a WARN.",
-    )
-    @reports_database_errors
-    def game_events_unique_event_ids(
-        context: dg.AssetCheckExecutionContext, warehouse: WarehouseDatabase
-    ) -> dg.AssetCheckResult:
-        return _combine(
-            [
-                invariants.game_events_unique_ids(warehouse.engine(), dt.date.fromisoformat(key))
-                for key in _days(context)
-            ]
-        )
+    def daily_warehouse_check(asset: str, name: str, description: str, invariant) -> dg.AssetChecksDefinition:
+        """A check of each day of ``asset``: ``invariant(warehouse engine, day)`` per partition key."""
 
-    @dg.asset_check(
-        asset="session_stats",
-        name="event_counts_reconciled",
-        partitions_def=dates,
-        blocking=True,
-        retry_policy=retry,
-        description="Sum of the day's session event counts = clean game_events rows of the day.",
-    )
-    @reports_database_errors
-    def session_stats_event_counts_reconciled(
-        context: dg.AssetCheckExecutionContext, warehouse: WarehouseDatabase
-    ) -> dg.AssetCheckResult:
-        return _combine(
-            [
-                invariants.session_stats_reconciled(warehouse.engine(), dt.date.fromisoformat(key))
-                for key in _days(context)
-            ]
+        @dg.asset_check(
+            asset=asset,
+            name=name,
+            partitions_def=dates,
+            blocking=True,
+            retry_policy=retry,
+            description=description,
         )
+        @reports_database_errors
+        def check(context: dg.AssetCheckExecutionContext, warehouse: WarehouseDatabase) -> dg.AssetCheckResult:
+            return _combine([invariant(warehouse.engine(), dt.date.fromisoformat(key)) for key in _days(context)])
+
+        return check
+
+    game_events_unique_event_ids = daily_warehouse_check(
+        "game_events",
+        "unique_event_ids",
+        "No event id is stored twice in the day (ERROR); an id also stored on another day is a WARN.",
+        invariants.game_events_unique_ids,
+    )
+    session_stats_event_counts_reconciled = daily_warehouse_check(
+        "session_stats",
+        "event_counts_reconciled",
+        "Sum of the day's session event counts = clean game_events rows of the day.",
+        invariants.session_stats_reconciled,
+    )
 
     @dg.asset_check(
         asset="level_heatmaps",

@@ -26,9 +26,10 @@ import json
 import dagster as dg
 
 from heatmap_pipeline.assets.common import utcnow
+from heatmap_pipeline.checks import GAME_EVENTS, run_start_of_latest_materialization
 from heatmap_pipeline.jobs import ETL_JOB
 from heatmap_pipeline.resources import SourceDatabase
-from heatmap_pipeline.schedules import TRIGGER_TAG
+from heatmap_pipeline.schedules import TRIGGER_TAG, partition_run
 from heatmap_pipeline.settings import Settings
 from heatmap_pipeline.warehouse.late_events import arrivals_since
 
@@ -38,7 +39,6 @@ FIRST_LOOKBACK = dt.timedelta(days=1)  # with no cursor yet, rows created in the
 LATE_ROWS_TAG = "heatmap_pipeline/late_rows"
 SOURCE_RUN_TAG = "heatmap_pipeline/after_run"
 NOT_STARTED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
-GAME_EVENTS = dg.AssetKey("game_events")
 
 
 def read_cursor(cursor: str | None) -> dt.datetime | None:
@@ -49,27 +49,6 @@ def read_cursor(cursor: str | None) -> dt.datetime | None:
 
 def write_cursor(moment: dt.datetime) -> str:
     return json.dumps({"created_after": moment.isoformat()})
-
-
-def last_written_by_run_started_at(instance: dg.DagsterInstance, day: str) -> dt.datetime | None:
-    """Start (naive UTC) of the run that last materialized game_events for ``day``; None if never."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=GAME_EVENTS, asset_partitions=[day]), limit=1
-    ).records
-    if not records:
-        return None
-    run = instance.get_run_record_by_id(records[0].run_id)
-    started = run.start_time if run and run.start_time else records[0].timestamp
-    return dt.datetime.fromtimestamp(started, dt.timezone.utc).replace(tzinfo=None)
-
-
-def _waiting_run(instance: dg.DagsterInstance, day: str) -> bool:
-    """An etl_job run of the day that has not started yet will read the new rows anyway."""
-    return bool(
-        instance.get_run_records(
-            filters=dg.RunsFilter(job_name=ETL_JOB, statuses=NOT_STARTED, tags={"dagster/partition": day}), limit=1
-        )
-    )
 
 
 def build_late_events_sensor(settings: Settings, etl_job) -> dg.SensorDefinition:
@@ -92,10 +71,10 @@ def build_late_events_sensor(settings: Settings, etl_job) -> dg.SensorDefinition
             day = arrived.day.isoformat()
             if arrived.day >= now.date() or arrived.day < first_day:
                 continue  # today: etl_schedule; before PARTITION_START_DATE: no partition to fold into
-            written_by = last_written_by_run_started_at(context.instance, day)
+            written_by = run_start_of_latest_materialization(context.instance, GAME_EVENTS, day)
             if written_by is not None and written_by > arrived.newest_created_at:
                 continue  # the last load of that day started after these rows arrived
-            if _waiting_run(context.instance, day):
+            if partition_run(context.instance, ETL_JOB, day, NOT_STARTED) is not None:  # it will read them
                 notes.append(f"{day}: a queued run will read them")
                 continue
             requests.append(

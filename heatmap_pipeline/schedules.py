@@ -30,12 +30,15 @@ def _cron(minutes: int) -> str | list[str]:
     return crons[0] if len(crons) == 1 else crons  # one string reads better in the UI
 
 
-def partition_in_flight(instance: dg.DagsterInstance, job_name: str, partition_key: str) -> bool:
-    runs = instance.get_run_records(
-        filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT, tags={"dagster/partition": partition_key}),
+def partition_run(
+    instance: dg.DagsterInstance, job_name: str, partition_key: str, statuses: list[dg.DagsterRunStatus] = IN_FLIGHT
+) -> str | None:
+    """The id of a run of this job and partition in one of ``statuses`` (default: queued or running)."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(job_name=job_name, statuses=statuses, tags={"dagster/partition": partition_key}),
         limit=1,
     )
-    return bool(runs)
+    return records[0].dagster_run.run_id if records else None
 
 
 def days_to_refresh(tick: dt.datetime, interval_minutes: int, first_day: dt.date) -> list[dt.date]:
@@ -50,7 +53,7 @@ def days_to_refresh(tick: dt.datetime, interval_minutes: int, first_day: dt.date
 def _requests(context, job_name, keys: list[str], tick: dt.datetime, schedule_name: str):
     requests, skipped = [], []
     for key in keys:
-        if partition_in_flight(context.instance, job_name, str(key)):
+        if partition_run(context.instance, job_name, str(key)) is not None:
             skipped.append(str(key))
             continue
         requests.append(

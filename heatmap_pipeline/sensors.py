@@ -20,7 +20,7 @@ from heatmap_pipeline.admin.launcher import settle_stage
 from heatmap_pipeline.admin.plan import PARTITION_TAG, REQUEST_TAG, stage_runs
 from heatmap_pipeline.admin.store import TriggerRequest
 from heatmap_pipeline.resources import WarehouseDatabase
-from heatmap_pipeline.schedules import IN_FLIGHT
+from heatmap_pipeline.schedules import partition_run
 from heatmap_pipeline.settings import Settings
 
 SENSOR = "admin_trigger_sensor"
@@ -42,13 +42,6 @@ def _runs_of_request(instance: dg.DagsterInstance, request: TriggerRequest) -> d
     return {(r.dagster_run.job_name, r.dagster_run.tags.get(PARTITION_TAG, "")): r.dagster_run.run_id for r in records}
 
 
-def _in_flight_run(instance: dg.DagsterInstance, job_name: str, partition_key: str) -> str | None:
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT, tags={PARTITION_TAG: partition_key}), limit=1
-    )
-    return records[0].dagster_run.run_id if records else None
-
-
 def _launch(context, engine, settings: Settings, request: TriggerRequest) -> list[dg.RunRequest]:
     """Run requests for the not yet launched runs of the claimed stage; adopt the ones that exist."""
     existing = _runs_of_request(context.instance, request)
@@ -56,7 +49,7 @@ def _launch(context, engine, settings: Settings, request: TriggerRequest) -> lis
     for run in stage_runs(settings, request):
         if run.slot in known:
             continue
-        run_id = existing.get((run.job_name, run.partition_key)) or _in_flight_run(context.instance, run.job_name, run.partition_key)
+        run_id = existing.get((run.job_name, run.partition_key)) or partition_run(context.instance, run.job_name, run.partition_key)
         if run_id:
             known[run.slot] = run_id
             continue

@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from heatmap_pipeline.db import get_engine
-from heatmap_pipeline.schema import game_events, quarantined_events
+from heatmap_pipeline.schema import events, game_events, quarantined_events
 from heatmap_pipeline_tests.support import (
     warehouse_snapshot,
     build_defs,
@@ -41,15 +41,7 @@ USE_MEMORY_INSTANCE = True  # the conftest `instance` fixture is then in-memory:
 raw_events = sa.Table(  # the backend's table as some deployments have it: no primary key, payload as text
     "events",
     sa.MetaData(),
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite")),
-    sa.Column("user_id", sa.String(128)),
-    sa.Column("session_id", sa.String(128)),
-    sa.Column("event_type", sa.String(64)),
-    sa.Column("event_name", sa.String(128)),
-    sa.Column("event_category", sa.String(64)),
-    sa.Column("payload", sa.Text),
-    sa.Column("timestamp", sa.DateTime(timezone=True)),
-    sa.Column("created_at", sa.DateTime(timezone=True)),
+    *(sa.Column(c.name, sa.Text if c.name == "payload" else c.type) for c in events.columns),
 )
 
 

@@ -12,7 +12,6 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
-from heatmap_pipeline.db import get_engine
 from heatmap_pipeline.schema import ensure_warehouse_schema
 from heatmap_pipeline.warehouse.events import extract_day_query
 from heatmap_pipeline.warehouse.heatmaps import PG_BUCKETS_SQL, SQLITE_POSITIONS_SQL

@@ -62,6 +62,14 @@ def test_old_env_file_is_read():
         ("WAREHOUSE_DATABASE_URL", "postgresql+pg8000://u@h/db", "not supported"),
         ("FUTURE_TOLERANCE_MINUTES", "-1", "out of range"),
         ("MAX_PAYLOAD_BYTES", "12", "out of range"),
+        # the admin API's variables
+        ("ADMIN_PORT", "80000", "ADMIN_PORT='80000' is out of range; use 1 to 65535"),
+        ("DAGSTER_UI_PORT", "ui", "DAGSTER_UI_PORT='ui' is not a number"),
+        ("ADMIN_WAIT_TIMEOUT_SECONDS", "0", "ADMIN_WAIT_TIMEOUT_SECONDS='0' is out of range"),
+        ("ADMIN_SENSOR_INTERVAL_SECONDS", "0.5", "ADMIN_SENSOR_INTERVAL_SECONDS='0.5' is not a number"),
+        ("DAGSTER_UI_ANONYMOUS_READ_ONLY", "maybe", "DAGSTER_UI_ANONYMOUS_READ_ONLY='maybe' is not a boolean"),
+        ("DAGSTER_GRAPHQL_URL", "localhost:3000/graphql", "DAGSTER_GRAPHQL_URL='localhost:3000/graphql' is not an http(s) URL"),
+        ("DAGSTER_GRAPHQL_URL", "http://user:pw@host/graphql", "DAGSTER_GRAPHQL_URL must not hold credentials"),
     ],
 )
 def test_bad_value_names_the_variable(name, value, expected):

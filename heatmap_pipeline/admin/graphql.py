@@ -11,6 +11,9 @@ import httpx
 
 from heatmap_pipeline.admin.auth import API_KEY_HEADER
 
+# Run statuses of a queued or running run, which a new request for the same partition shares.
+IN_FLIGHT_STATUSES = ["QUEUED", "NOT_STARTED", "MANAGED", "STARTING", "STARTED"]
+
 _REPOSITORIES = """
 query HeatmapPipelineRepositories {
   repositoriesOrError {
@@ -119,7 +122,7 @@ class DagsterGraphQL:
         """A queued or running run of this job and partition, which a new request should share."""
         runs = self._runs(
             {"pipelineName": job_name, "tags": [{"key": "dagster/partition", "value": partition_key}],
-             "statuses": ["QUEUED", "NOT_STARTED", "MANAGED", "STARTING", "STARTED"]},
+             "statuses": IN_FLIGHT_STATUSES},
             limit=1,
         )
         return runs[0]["runId"] if runs else None

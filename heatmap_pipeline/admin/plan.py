@@ -20,7 +20,6 @@ from heatmap_pipeline.settings import Settings
 REQUEST_TAG = "heatmap_pipeline/admin_request"
 REQUESTER_TAG = "heatmap_pipeline/requester"
 PARTITION_TAG = "dagster/partition"
-IN_FLIGHT_STATUSES = ("QUEUED", "NOT_STARTED", "MANAGED", "STARTING", "STARTED", "CANCELING")
 SUCCESS = "SUCCESS"
 FAILED_STATUSES = ("FAILURE", "CANCELED")
 

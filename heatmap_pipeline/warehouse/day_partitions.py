@@ -160,6 +160,3 @@ def swap_in(conn: sa.Connection, day: dt.date, stage: sa.TableClause) -> None:
     conn.execute(sa.text(f"DELETE FROM {DEFAULT_PARTITION} WHERE event_date = :d"), {"d": day})
     conn.execute(sa.text(f"ALTER TABLE game_events ATTACH PARTITION {_q(stage.name)} FOR VALUES IN ('{day.isoformat()}')"))
 
-
-def drop_stage(conn: sa.Connection, stage: sa.TableClause) -> None:
-    conn.execute(sa.text(f"DROP TABLE IF EXISTS {_q(stage.name)}"))

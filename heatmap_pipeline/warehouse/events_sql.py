@@ -43,6 +43,7 @@ import sqlalchemy as sa
 
 from heatmap_pipeline.core.binning import PositionRanges
 from heatmap_pipeline.core.cleaning import CleaningRules, EventCleaner
+from heatmap_pipeline.schema import SOURCE_EVENT_COLUMNS
 from heatmap_pipeline.warehouse.events import SQLITE_DATE_GLOB
 
 # Fast-path payloads are at most this many bytes: keeps the regex cheap, and Python's json
@@ -66,7 +67,7 @@ _GAME_EVENT_COLUMNS = (
 )
 # Column order of the residue rows handed to Python: the same keys, in the same order, as the
 # Python path's extract query, so quarantined raw_row JSON is byte-identical.
-_RESIDUE_COLUMNS = ("id", "user_id", "session_id", "event_type", "event_name", "event_category", "timestamp", "created_at", "payload")
+_RESIDUE_COLUMNS = (*(c for c in SOURCE_EVENT_COLUMNS if c != "payload"), "payload")
 
 _PG_TEXTLIKE = {"text", "character varying"}
 _PG_INTS = {"smallint", "integer", "bigint"}

@@ -50,7 +50,8 @@ class HeatmapResult:
         return matrix_summary(self.matrix)
 
 
-def _positions(day: dt.date, level: str):
+def positions_of(day: dt.date, level: str):
+    """game_events rows of the level and day that are positions (x and y present)."""
     return sa.and_(
         game_events.c.event_date == day,
         game_events.c.level == level,
@@ -97,16 +98,23 @@ def _position_stats(conn: sa.Connection, day: dt.date, level: str) -> tuple[int,
         return tuple(recorded)
     if conn.execute(sa.select(sa.literal(1)).where(position_stats.c.event_date == day).limit(1)).first():
         return None  # the ETL recorded this day: the level has no positions
-    scanned = conn.execute(
-        sa.select(
-            sa.func.count(),
-            sa.func.min(game_events.c.x),
-            sa.func.max(game_events.c.x),
-            sa.func.min(game_events.c.y),
-            sa.func.max(game_events.c.y),
-        ).where(_positions(day, level))
-    ).one()
-    return tuple(scanned) if scanned[0] else None
+    scanned = scan_position_range(conn, day, level)
+    return scanned if scanned[0] else None
+
+
+def scan_position_range(conn: sa.Connection, day: dt.date, level: str) -> tuple[int, float, float, float, float]:
+    """(positions, x_min, x_max, y_min, y_max) of the level and day, read from game_events itself."""
+    return tuple(
+        conn.execute(
+            sa.select(
+                sa.func.count(),
+                sa.func.min(game_events.c.x),
+                sa.func.max(game_events.c.x),
+                sa.func.min(game_events.c.y),
+                sa.func.max(game_events.c.y),
+            ).where(positions_of(day, level))
+        ).one()
+    )
 
 
 def plan_bucket_query(conn: sa.Connection) -> None:

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from heatmap_pipeline.core.binning import GridBounds, auto_bounds
 from heatmap_pipeline.schema import game_events, heatmaps, session_stats
 from heatmap_pipeline.warehouse.events import day_filter, partition_counts, source_events_table
+from heatmap_pipeline.warehouse.heatmaps import positions_of, scan_position_range
 
 ERROR, WARN = "ERROR", "WARN"
 
@@ -132,28 +133,21 @@ def game_events_unique_ids(warehouse: sa.Engine, day: dt.date) -> Invariant:
     return Invariant(True, f"{day}: every event id is stored once", metadata)
 
 
-def _in_bounds_positions(conn: sa.Connection, day: dt.date, level: str, bounds: GridBounds | None) -> tuple[int, int]:
-    """(position events of the level and day, those inside ``bounds``, edges included)."""
-    positions = sa.and_(
-        game_events.c.event_date == day,
-        game_events.c.level == level,
-        game_events.c.x.is_not(None),
-        game_events.c.y.is_not(None),
-    )
-    total = conn.execute(sa.select(sa.func.count()).where(positions)).scalar_one()
+def _positions_inside(conn: sa.Connection, day: dt.date, level: str, bounds: GridBounds | None) -> int:
+    """Position events of the level and day inside ``bounds``, edges included."""
     if bounds is None:
-        return int(total), 0
+        return 0
     x, y = game_events.c.x, game_events.c.y
     inside = conn.execute(
         sa.select(sa.func.count()).where(
-            positions,
+            positions_of(day, level),
             x >= bounds.x_min,
             x <= bounds.x_max,
             y >= bounds.y_min,
             y <= bounds.y_max,
         )
     ).scalar_one()
-    return int(total), int(inside)
+    return int(inside)
 
 
 def _matrix(value) -> list:
@@ -183,28 +177,15 @@ def heatmap_consistent(
             .mappings()
             .first()
         )
+        total, *position_range = scan_position_range(conn, day, level)
         if row is None:
-            total, _ = _in_bounds_positions(conn, day, level, None)
             return Invariant(
                 False, f"level {level} {day}: no row in heatmaps ({total} position events)", {"position_events": total}
             )
         stored_bounds = None
         if row["x_min"] is not None:
             stored_bounds = GridBounds(row["x_min"], row["x_max"], row["y_min"], row["y_max"])
-        total, inside = _in_bounds_positions(conn, day, level, stored_bounds)
-        stats = conn.execute(
-            sa.select(
-                sa.func.min(game_events.c.x),
-                sa.func.max(game_events.c.x),
-                sa.func.min(game_events.c.y),
-                sa.func.max(game_events.c.y),
-            ).where(
-                game_events.c.event_date == day,
-                game_events.c.level == level,
-                game_events.c.x.is_not(None),
-                game_events.c.y.is_not(None),
-            )
-        ).one()
+        inside = _positions_inside(conn, day, level, stored_bounds)
     problems: list[str] = []
     matrix = _matrix(row["matrix"])
     shape_ok = (
@@ -223,7 +204,7 @@ def heatmap_consistent(
     if fixed_bounds is not None:
         expected, expected_source = fixed_bounds, "fixed"
     elif total:
-        expected, expected_source = auto_bounds(*stats), "auto"
+        expected, expected_source = auto_bounds(*position_range), "auto"
     else:
         expected, expected_source = None, "auto"
     if stored_bounds != expected or row["bounds_source"] != expected_source:
