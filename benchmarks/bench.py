@@ -147,8 +147,8 @@ FROM g
 
 
 def generate_day(url: str, n: int) -> None:
-    from heatmap_pipeline.db import get_engine
-    from heatmap_pipeline.schema import ensure_source_schema
+    from heatmap_pipeline.warehouse.db import get_engine
+    from heatmap_pipeline.warehouse.migrations import ensure_source_schema
 
     engine = get_engine(url)
     ensure_source_schema(engine)  # events + its timestamp index
@@ -160,7 +160,7 @@ def generate_day(url: str, n: int) -> None:
 
 @contextmanager
 def fresh_database(kind: str, admin_url: str):
-    from heatmap_pipeline.db import get_engine
+    from heatmap_pipeline.warehouse.db import get_engine
 
     if kind == "sqlite":
         path = Path(tempfile.gettempdir()) / f"hp_bench_{uuid.uuid4().hex[:8]}.sqlite"
@@ -191,7 +191,7 @@ def reference_heatmaps(url: str) -> dict[str, tuple[np.ndarray, list[float]]]:
     """The old job, per level: the whole day's payloads into pandas, filter, histogram2d."""
     import pandas as pd
 
-    from heatmap_pipeline.db import get_engine
+    from heatmap_pipeline.warehouse.db import get_engine
 
     engine = get_engine(url)
     out = {}
@@ -219,10 +219,10 @@ def reference_heatmaps(url: str) -> dict[str, tuple[np.ndarray, list[float]]]:
 def build(url: str):
     import dagster as dg
 
-    from heatmap_pipeline.assets.events import build_game_events_asset
-    from heatmap_pipeline.assets.heatmaps import build_level_heatmaps_asset
-    from heatmap_pipeline.partitions import date_partitions, heatmap_partitions
-    from heatmap_pipeline.resources import SourceDatabase, WarehouseDatabase
+    from heatmap_pipeline.defs.assets.events import build_game_events_asset
+    from heatmap_pipeline.defs.assets.heatmaps import build_level_heatmaps_asset
+    from heatmap_pipeline.defs.partitions import date_partitions, heatmap_partitions
+    from heatmap_pipeline.defs.resources import SourceDatabase, WarehouseDatabase
     from heatmap_pipeline.settings import load_settings
 
     settings = load_settings({"DATABASE_URL": url, "HEATMAP_LEVELS": ",".join(LEVELS), "HEATMAP_GRID_SIZE": str(GRID)})
@@ -259,7 +259,7 @@ def materialize_heatmaps(heatmaps_asset, resources, instance):
 
 
 def stored_heatmaps(url: str) -> dict[str, tuple[np.ndarray, list[float]]]:
-    from heatmap_pipeline.db import get_engine
+    from heatmap_pipeline.warehouse.db import get_engine
     from heatmap_pipeline.warehouse.heatmaps import read_heatmap
 
     out = {}
@@ -272,7 +272,7 @@ def stored_heatmaps(url: str) -> dict[str, tuple[np.ndarray, list[float]]]:
 def typed_histograms(url: str) -> dict[str, tuple[np.ndarray, list[float]]]:
     """np.histogram2d over game_events' typed x, y (streamed) on the data's own range, as the old
     job binned: the check when the reference is too slow to run. Checks our bounds too."""
-    from heatmap_pipeline.db import get_engine
+    from heatmap_pipeline.warehouse.db import get_engine
 
     engine = get_engine(url)
     out = {}
@@ -296,7 +296,7 @@ def typed_histograms(url: str) -> dict[str, tuple[np.ndarray, list[float]]]:
 
 def floor_read(url: str) -> int:
     """The database reading (level, x, y) of the day, per level, without shipping rows."""
-    from heatmap_pipeline.db import get_engine
+    from heatmap_pipeline.warehouse.db import get_engine
 
     engine = get_engine(url)
     total = 0
@@ -318,7 +318,7 @@ def floor_bincount(n_points: int) -> float:
 
 
 def explain(url: str) -> dict[str, str]:
-    from heatmap_pipeline.db import get_engine
+    from heatmap_pipeline.warehouse.db import get_engine
     from heatmap_pipeline.warehouse.heatmaps import PG_BUCKETS_SQL, SQLITE_POSITIONS_SQL, plan_bucket_query, search_edges
 
     engine = get_engine(url)
@@ -366,7 +366,7 @@ def explain(url: str) -> dict[str, str]:
 def run_one(kind: str, n: int, args) -> dict:
     import dagster as dg
 
-    from heatmap_pipeline.db import get_engine
+    from heatmap_pipeline.warehouse.db import get_engine
     from heatmap_pipeline.warehouse.heatmaps import compute_heatmap
 
     record: dict = {"database": kind, "events": n, "phases": {}}

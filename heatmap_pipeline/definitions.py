@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import dagster as dg
 
-from heatmap_pipeline.assets.events import build_game_events_asset
-from heatmap_pipeline.assets.heatmaps import build_level_heatmaps_asset
-from heatmap_pipeline.assets.sessions import build_session_stats_asset
-from heatmap_pipeline.checks import build_checks
-from heatmap_pipeline.jobs import build_etl_job, build_heatmap_job
-from heatmap_pipeline.late_data import build_late_data_sensors
-from heatmap_pipeline.partitions import date_partitions, heatmap_partitions
-from heatmap_pipeline.resources import SourceDatabase, WarehouseDatabase
-from heatmap_pipeline.retries import db_retry_policy
-from heatmap_pipeline.schedules import build_etl_schedule, build_heatmap_schedule
-from heatmap_pipeline.sensors import build_admin_trigger_sensor
+from heatmap_pipeline.defs.assets.events import build_game_events_asset, build_game_events_checks
+from heatmap_pipeline.defs.assets.heatmaps import build_level_heatmaps_asset, build_level_heatmaps_checks
+from heatmap_pipeline.defs.assets.sessions import build_session_stats_asset, build_session_stats_checks
+from heatmap_pipeline.defs.jobs import build_etl_job, build_heatmap_job
+from heatmap_pipeline.defs.late_data import build_late_data_sensors
+from heatmap_pipeline.defs.partitions import date_partitions, heatmap_partitions
+from heatmap_pipeline.defs.resources import SourceDatabase, WarehouseDatabase
+from heatmap_pipeline.orchestration import db_retry_policy
+from heatmap_pipeline.defs.schedules import build_etl_schedule, build_heatmap_schedule
+from heatmap_pipeline.defs.sensors import build_admin_trigger_sensor
 from heatmap_pipeline.settings import Settings, load_settings
 
 
@@ -42,7 +41,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_session_stats_asset(dates, db_retry_policy(settings)),
             build_level_heatmaps_asset(settings, heatmap_keys),
         ],
-        asset_checks=build_checks(settings, dates, heatmap_keys),
+        asset_checks=[
+            *build_game_events_checks(settings, dates),
+            *build_session_stats_checks(dates, db_retry_policy(settings)),
+            *build_level_heatmaps_checks(settings, heatmap_keys),
+        ],
         jobs=[etl_job, heatmap_job],
         schedules=[build_etl_schedule(settings, etl_job), build_heatmap_schedule(settings, heatmap_job)],
         sensors=[

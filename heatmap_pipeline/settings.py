@@ -183,7 +183,7 @@ def _database_url(env: Mapping[str, str], name: str) -> str | None:
     raw = env.get(name, "").strip()
     if not raw:
         return None
-    from heatmap_pipeline.db import normalize_database_url  # local import keeps settings import-light
+    from heatmap_pipeline.warehouse.db import normalize_database_url  # local import keeps settings import-light
 
     try:
         return normalize_database_url(raw)

@@ -64,7 +64,7 @@ def postgres_url():
     try:
         yield url
     finally:
-        from heatmap_pipeline.db import get_engine
+        from heatmap_pipeline.warehouse.db import get_engine
 
         get_engine.cache_clear()  # close pooled connections before dropping
         with admin.connect() as conn:

@@ -9,15 +9,9 @@ import json
 import dagster as dg
 import sqlalchemy as sa
 
-from heatmap_pipeline.db import get_engine
-from heatmap_pipeline.schema import (
-    SOURCE_EVENT_COLUMNS,
-    ensure_source_schema,
-    game_events,
-    heatmaps,
-    quarantined_events,
-    session_stats,
-)
+from heatmap_pipeline.warehouse.db import get_engine
+from heatmap_pipeline.warehouse.tables import SOURCE_EVENT_COLUMNS, game_events, heatmaps, quarantined_events, session_stats
+from heatmap_pipeline.warehouse.migrations import ensure_source_schema
 from heatmap_pipeline.settings import load_settings
 
 _ids = itertools.count(1)

@@ -11,9 +11,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from heatmap_pipeline.admin.app import create_app
-from heatmap_pipeline.db import get_engine
-from heatmap_pipeline.schema import admin_trigger_requests
+from heatmap_pipeline.web.app import create_app
+from heatmap_pipeline.warehouse.db import get_engine
+from heatmap_pipeline.warehouse.tables import admin_trigger_requests
 from heatmap_pipeline.settings import load_settings
 from heatmap_pipeline_tests.admin_servers import free_port, serve_in_thread
 

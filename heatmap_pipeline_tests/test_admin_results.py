@@ -4,9 +4,10 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from heatmap_pipeline.admin.results import request_body
-from heatmap_pipeline.admin.store import TriggerRequest
-from heatmap_pipeline.schema import ensure_warehouse_schema, heatmaps
+from heatmap_pipeline.trigger.results import request_body
+from heatmap_pipeline.trigger.store import TriggerRequest
+from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
+from heatmap_pipeline.warehouse.tables import heatmaps
 
 DAY = dt.date(2025, 11, 16)
 

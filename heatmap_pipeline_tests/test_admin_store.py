@@ -3,10 +3,10 @@
 import datetime as dt
 import threading
 
-from heatmap_pipeline.admin import store
-from heatmap_pipeline.admin.validation import TriggerSpec
-from heatmap_pipeline.db import get_engine
-from heatmap_pipeline.schema import ensure_warehouse_schema
+from heatmap_pipeline.trigger import store
+from heatmap_pipeline.trigger.validation import TriggerSpec
+from heatmap_pipeline.warehouse.db import get_engine
+from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
 
 SPEC = TriggerSpec(tasks=("etl", "heatmap"), levels=("1", "2"), date=dt.date(2025, 11, 16))
 

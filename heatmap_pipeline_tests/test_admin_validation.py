@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from heatmap_pipeline.admin.validation import MAX_BODY_BYTES, InvalidTrigger, TriggerSpec, parse_trigger_body
+from heatmap_pipeline.trigger.validation import MAX_BODY_BYTES, InvalidTrigger, TriggerSpec, parse_trigger_body
 
 LEVELS = ("1", "2", "3")
 FIRST, TODAY = dt.date(2025, 1, 1), dt.date(2025, 11, 20)

@@ -7,7 +7,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from heatmap_pipeline.core.binning import GridBounds, histogram2d_reference
-from heatmap_pipeline.schema import game_events, heatmaps, leaderboard_aggregates, quarantined_events, session_stats
+from heatmap_pipeline.warehouse.tables import game_events, heatmaps, leaderboard_aggregates, quarantined_events, session_stats
 from heatmap_pipeline_tests.support import (
     build_defs,
     event,

@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 
-from heatmap_pipeline.admin.auth import (
+from heatmap_pipeline.web.auth import (
     UI_COOKIE,
     authenticated_key,
     basic_auth_password,
@@ -17,7 +17,7 @@ from heatmap_pipeline.admin.auth import (
     matching_key,
     session_token,
 )
-from heatmap_pipeline.admin.webserver import AUTHENTICATED, ApiKeyMiddleware, anonymous_may
+from heatmap_pipeline.web.webserver import AUTHENTICATED, ApiKeyMiddleware, anonymous_may
 from heatmap_pipeline_tests.admin_servers import serve_in_thread
 
 KEYS = ("new-key", "old-key")

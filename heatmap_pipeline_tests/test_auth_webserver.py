@@ -23,7 +23,7 @@ def test_anonymous_read_only_ui_reads_but_cannot_launch(tmp_path):
     env = {"PATH": os.environ["PATH"], "HEATMAP_PIPELINE_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "dh"),
            "DATABASE_URL": f"sqlite:///{tmp_path / 'game.sqlite'}", "ADMIN_API_KEY": "the-key",
            "DAGSTER_UI_ANONYMOUS_READ_ONLY": "true"}
-    server = subprocess.Popen([sys.executable, "-m", "heatmap_pipeline.cli", "webserver", "--port", str(port)], env=env,
+    server = subprocess.Popen([sys.executable, "-m", "heatmap_pipeline.runtime.cli", "webserver", "--port", str(port)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     graphql = f"http://127.0.0.1:{port}/graphql"
     try:

@@ -13,13 +13,13 @@ import pytest
 import sqlalchemy as sa
 
 from heatmap_pipeline.core.binning import GridBounds
-from heatmap_pipeline.db import get_engine
-from heatmap_pipeline.schema import game_events, heatmaps, quarantined_events, session_stats
-from heatmap_pipeline.assets.events import cleaning_rules
-from heatmap_pipeline.schema import ensure_warehouse_schema
+from heatmap_pipeline.warehouse.db import get_engine
+from heatmap_pipeline.warehouse.tables import game_events, heatmaps, quarantined_events, session_stats
+from heatmap_pipeline.defs.assets.events import cleaning_rules
+from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
 from heatmap_pipeline.settings import load_settings
 from heatmap_pipeline.warehouse import invariants
-from heatmap_pipeline.warehouse.events import load_partition
+from heatmap_pipeline.warehouse.etl import load_partition
 from heatmap_pipeline.warehouse.heatmaps import compute_heatmap, upsert_heatmap
 from heatmap_pipeline.warehouse.sessions import replace_session_partition
 from heatmap_pipeline_tests.support import (

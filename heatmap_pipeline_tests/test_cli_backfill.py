@@ -8,7 +8,7 @@ import dagster as dg
 from dagster._core.instance.ref import InstanceRef
 
 from heatmap_pipeline_tests.support import old_readme_sample, table_rows, write_source_events
-from heatmap_pipeline.schema import heatmaps
+from heatmap_pipeline.warehouse.tables import heatmaps
 
 
 def test_backfill_command_runs_etl_then_heatmaps_per_level(tmp_path, sqlite_url):
@@ -20,7 +20,7 @@ def test_backfill_command_runs_etl_then_heatmaps_per_level(tmp_path, sqlite_url)
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
         "HEATMAP_LEVELS": "1,2",
     }
-    command = [sys.executable, "-m", "heatmap_pipeline.cli", "backfill", "--start", "2025-11-15", "--end", "2025-11-16"]
+    command = [sys.executable, "-m", "heatmap_pipeline.runtime.cli", "backfill", "--start", "2025-11-15", "--end", "2025-11-16"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("etl_job") == 2 and result.stdout.count("heatmap_job") == 4
@@ -36,7 +36,7 @@ def test_backfill_command_runs_etl_then_heatmaps_per_level(tmp_path, sqlite_url)
 def test_backfill_refuses_unknown_level(tmp_path, sqlite_url):
     env = {"PATH": os.environ["PATH"], "DATABASE_URL": sqlite_url, "HEATMAP_PIPELINE_HOME": str(tmp_path),
            "DAGSTER_HOME": str(tmp_path / "dh")}
-    command = [sys.executable, "-m", "heatmap_pipeline.cli", "backfill", "--start", "2025-11-16", "--end", "2025-11-16",
+    command = [sys.executable, "-m", "heatmap_pipeline.runtime.cli", "backfill", "--start", "2025-11-16", "--end", "2025-11-16",
                "--levels", "9"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2

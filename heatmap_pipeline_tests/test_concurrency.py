@@ -13,8 +13,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from heatmap_pipeline.db import get_engine
-from heatmap_pipeline.schema import game_events, quarantined_events, session_stats
+from heatmap_pipeline.warehouse.db import get_engine
+from heatmap_pipeline.warehouse.tables import game_events, quarantined_events, session_stats
 from heatmap_pipeline.warehouse.locks import lock_partition
 from heatmap_pipeline_tests.support import build_defs, event, old_readme_sample, warehouse_snapshot, write_source_events
 

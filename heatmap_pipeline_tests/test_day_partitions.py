@@ -19,10 +19,12 @@ import sqlalchemy as sa
 
 from heatmap_pipeline.core.binning import histogram2d_reference, auto_bounds
 from heatmap_pipeline.core.cleaning import CleaningRules
-from heatmap_pipeline.db import get_engine
-from heatmap_pipeline.schema import ensure_warehouse_schema, game_events, position_stats
-from heatmap_pipeline.warehouse import day_partitions
-from heatmap_pipeline.warehouse.events import load_partition, load_partition_python
+from heatmap_pipeline.warehouse.db import get_engine
+from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
+from heatmap_pipeline.warehouse.tables import game_events, position_stats
+from heatmap_pipeline.warehouse.etl import pg_partitions as day_partitions
+from heatmap_pipeline.warehouse.etl import load_partition
+from heatmap_pipeline.warehouse.etl.python_path import load_partition_python
 from heatmap_pipeline.warehouse.heatmaps import compute_heatmap
 from heatmap_pipeline_tests.support import event, warehouse_snapshot, write_source_events
 

@@ -4,9 +4,9 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from heatmap_pipeline import demo
-from heatmap_pipeline.db import get_engine
-from heatmap_pipeline.schema import game_events, heatmaps, quarantined_events
+from heatmap_pipeline.runtime import demo
+from heatmap_pipeline.warehouse.db import get_engine
+from heatmap_pipeline.warehouse.tables import game_events, heatmaps, quarantined_events
 from heatmap_pipeline_tests.support import build_defs, materialize_etl, materialize_heatmap, table_rows, write_source_events
 
 NOW = dt.datetime(2025, 11, 16, 15, 0)

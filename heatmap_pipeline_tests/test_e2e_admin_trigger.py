@@ -16,10 +16,10 @@ import pytest
 import sqlalchemy as sa
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
-from heatmap_pipeline.admin.plan import REQUEST_TAG
-from heatmap_pipeline.partitions import heatmap_partitions
+from heatmap_pipeline.trigger.plan import REQUEST_TAG
+from heatmap_pipeline.defs.partitions import heatmap_partitions
 from heatmap_pipeline.settings import load_settings
-from heatmap_pipeline.schema import heatmaps
+from heatmap_pipeline.warehouse.tables import heatmaps
 from heatmap_pipeline_tests.admin_servers import free_port, stop, wait_until_answering
 from heatmap_pipeline_tests.support import old_readme_sample, table_rows, write_source_events
 
@@ -87,7 +87,7 @@ def test_old_readme_calls_and_graphql_client_against_heatmap_pipeline_dev(tmp_pa
     write_source_events(source_url, old_readme_sample())
     env = base_env(tmp_path, source_url)
     ui_port, admin_port = free_port(), free_port()
-    cli = [sys.executable, "-m", "heatmap_pipeline.cli"]
+    cli = [sys.executable, "-m", "heatmap_pipeline.runtime.cli"]
     logs = open(tmp_path / "servers.log", "w")
 
     # 1. Dagster is down: the admin API alone records the request and leaves it pending.

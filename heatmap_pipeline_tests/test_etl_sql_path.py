@@ -15,11 +15,13 @@ import pytest
 import sqlalchemy as sa
 
 from heatmap_pipeline.core.cleaning import REASONS, CleaningRules
-from heatmap_pipeline.db import get_engine
-from heatmap_pipeline.schema import ensure_warehouse_schema, game_events, quarantined_events
-from heatmap_pipeline.warehouse import events as etl
-from heatmap_pipeline.warehouse.events import load_partition, load_partition_python
-from heatmap_pipeline.warehouse.events_sql import load_partition_sql
+from heatmap_pipeline.warehouse.db import get_engine
+from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
+from heatmap_pipeline.warehouse.tables import game_events, quarantined_events
+from heatmap_pipeline.warehouse.etl import sql_path
+from heatmap_pipeline.warehouse.etl import load_partition
+from heatmap_pipeline.warehouse.etl.python_path import load_partition_python
+from heatmap_pipeline.warehouse.etl.sql_path import load_partition_sql
 from heatmap_pipeline_tests.support import event, write_source_events
 
 DAY = dt.date(2025, 11, 16)
@@ -256,7 +258,7 @@ def test_failed_sql_run_leaves_the_partition_as_it_was(db_url, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(etl, "write_cleaned_chunks", boom)  # fails after the INSERT ... SELECT
+    monkeypatch.setattr(sql_path, "write_cleaned_chunks", boom)  # fails after the INSERT ... SELECT
     with pytest.raises(RuntimeError, match="disk full"):
         load_partition_sql(engine, DAY, RULES, NOW)
     assert snapshot(db_url) == before

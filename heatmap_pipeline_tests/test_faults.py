@@ -20,8 +20,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from heatmap_pipeline.db import get_engine
-from heatmap_pipeline.schema import events, game_events, quarantined_events
+from heatmap_pipeline.warehouse.db import get_engine
+from heatmap_pipeline.warehouse.tables import events, game_events, quarantined_events
 from heatmap_pipeline_tests.support import (
     warehouse_snapshot,
     build_defs,

@@ -12,8 +12,8 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
-from heatmap_pipeline.schema import ensure_warehouse_schema
-from heatmap_pipeline.warehouse.events import extract_day_query
+from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
+from heatmap_pipeline.warehouse.source import extract_day_query
 from heatmap_pipeline.warehouse.heatmaps import PG_BUCKETS_SQL, SQLITE_POSITIONS_SQL
 from heatmap_pipeline_tests.support import event, write_source_events
 
@@ -53,7 +53,7 @@ def test_source_timestamp_index_serves_the_day_extract(db_url):
 
 def _load_day(db_url: str) -> sa.Engine:
     from heatmap_pipeline.core.cleaning import CleaningRules
-    from heatmap_pipeline.warehouse.events import load_partition
+    from heatmap_pipeline.warehouse.etl import load_partition
 
     engine = write_source_events(db_url, [event(dt.datetime(2025, 11, 16, h), {"x": h, "y": 1}) for h in range(5)])
     ensure_warehouse_schema(engine)

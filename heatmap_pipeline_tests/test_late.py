@@ -10,13 +10,13 @@ import time
 import dagster as dg
 import sqlalchemy as sa
 
-from heatmap_pipeline.db import get_engine
-from heatmap_pipeline.late_data import LATE_ROWS_TAG, read_cursor, run_days, write_cursor
-from heatmap_pipeline.resources import SourceDatabase
-from heatmap_pipeline.schema import game_events
-from heatmap_pipeline.schedules import TRIGGER_TAG
+from heatmap_pipeline.warehouse.db import get_engine
+from heatmap_pipeline.defs.late_data import LATE_ROWS_TAG, read_cursor, run_days, write_cursor
+from heatmap_pipeline.defs.resources import SourceDatabase
+from heatmap_pipeline.warehouse.tables import game_events
+from heatmap_pipeline.defs.schedules import TRIGGER_TAG
 from heatmap_pipeline.settings import load_settings
-from heatmap_pipeline.warehouse.late_events import arrivals_since
+from heatmap_pipeline.warehouse.source import arrivals_since
 from heatmap_pipeline_tests.support import (
     build_defs,
     event,

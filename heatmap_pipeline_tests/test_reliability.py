@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from heatmap_pipeline.db import get_engine
-from heatmap_pipeline.instance import DAGSTER_YAML
-from heatmap_pipeline.retries import is_transient_db_error
+from heatmap_pipeline.warehouse.db import get_engine
+from heatmap_pipeline.runtime.instance import DAGSTER_YAML
+from heatmap_pipeline.orchestration import is_transient_db_error
 from heatmap_pipeline.settings import SettingsError, load_settings
 from heatmap_pipeline_tests.support import build_defs, old_readme_sample, write_source_events
 

@@ -8,13 +8,14 @@ import pytest
 import sqlalchemy as sa
 from dagster._core.utils import make_new_run_id
 
-from heatmap_pipeline.admin import store
-from heatmap_pipeline.admin.app import create_app
-from heatmap_pipeline.admin.plan import REQUEST_TAG
-from heatmap_pipeline.admin.validation import TriggerSpec
-from heatmap_pipeline.resources import WarehouseDatabase
-from heatmap_pipeline.schedules import TRIGGER_TAG
-from heatmap_pipeline.schema import admin_trigger_requests, ensure_warehouse_schema, heatmaps
+from heatmap_pipeline.trigger import store
+from heatmap_pipeline.web.app import create_app
+from heatmap_pipeline.trigger.plan import REQUEST_TAG
+from heatmap_pipeline.trigger.validation import TriggerSpec
+from heatmap_pipeline.defs.resources import WarehouseDatabase
+from heatmap_pipeline.defs.schedules import TRIGGER_TAG
+from heatmap_pipeline.warehouse.tables import admin_trigger_requests, heatmaps
+from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
 from heatmap_pipeline.settings import load_settings
 from heatmap_pipeline_tests.admin_servers import free_port, serve_in_thread
 from heatmap_pipeline_tests.support import build_defs, old_readme_sample, table_rows, write_source_events

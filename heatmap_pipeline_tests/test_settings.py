@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from heatmap_pipeline.db import normalize_database_url
+from heatmap_pipeline.warehouse.db import normalize_database_url
 from heatmap_pipeline.settings import VARIABLES, Bounds, SettingsError, load_settings
 
 

@@ -1,1 +1,2 @@
-"""Reads and writes of the warehouse tables, one module per asset. No Dagster here."""
+"""The databases, without Dagster: engines (db), our tables (tables) and their migrations, the source
+(source), the ETL (etl/), and the SQL behind each asset and check (sessions, heatmaps, invariants)."""

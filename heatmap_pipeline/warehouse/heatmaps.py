@@ -30,7 +30,7 @@ from heatmap_pipeline.core.binning import (
     matrix_summary,
     matrix_to_json,
 )
-from heatmap_pipeline.schema import game_events, heatmaps, position_stats
+from heatmap_pipeline.warehouse.tables import game_events, heatmaps, position_stats
 from heatmap_pipeline.warehouse.locks import lock_partition
 
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from heatmap_pipeline.core.binning import GridBounds, auto_bounds
-from heatmap_pipeline.schema import game_events, heatmaps, session_stats
-from heatmap_pipeline.warehouse.events import day_filter, partition_counts, source_events_table
+from heatmap_pipeline.warehouse.tables import game_events, heatmaps, session_stats
+from heatmap_pipeline.warehouse.source import day_filter, source_events_table
+from heatmap_pipeline.warehouse.etl.writing import partition_counts
 from heatmap_pipeline.warehouse.heatmaps import positions_of, scan_position_range
 
 ERROR, WARN = "ERROR", "WARN"

@@ -17,3 +17,7 @@ def lock_partition(conn: sa.Connection, table: str, *key: object) -> None:
         return
     digest = hashlib.blake2b("|".join([table, *map(str, key)]).encode(), digest_size=8).digest()
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": int.from_bytes(digest, "big", signed=True)})
+
+
+class DatabaseBusy(RuntimeError):
+    """Other transactions kept what we need locked for too long. Transient: a retry later can succeed."""

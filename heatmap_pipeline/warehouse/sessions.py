@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from heatmap_pipeline.schema import game_events, leaderboard_aggregates, session_stats
+from heatmap_pipeline.warehouse.tables import game_events, leaderboard_aggregates, session_stats
 from heatmap_pipeline.warehouse.locks import lock_partition
 
 NO_SESSION = "(none)"  # events without a session_id are summed under this id, not dropped

@@ -1,0 +1,1 @@
+"""Software-defined assets, group ``game_analytics``: one module per asset, with its checks."""

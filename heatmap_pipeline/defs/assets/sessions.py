@@ -1,0 +1,58 @@
+"""``session_stats``: one row per session seen that day; also refreshes the old ``leaderboard_aggregates``."""
+
+import dagster as dg
+
+from heatmap_pipeline.core.clock import utcnow
+from heatmap_pipeline.defs.assets.common import GROUP, daily_warehouse_check, partition_days
+from heatmap_pipeline.defs.resources import WarehouseDatabase
+from heatmap_pipeline.orchestration import reports_database_errors
+from heatmap_pipeline.warehouse import invariants
+from heatmap_pipeline.warehouse.sessions import replace_session_partition
+
+
+def build_session_stats_asset(
+    partitions: dg.PartitionsDefinition, retry_policy: dg.RetryPolicy | None = None
+) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="session_stats",
+        group_name=GROUP,
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=["game_events"],
+        kinds={"sql"},
+        retry_policy=retry_policy,
+        description="Per-session stats of one UTC day (table session_stats) and the old "
+        "leaderboard_aggregates(session_id, event_count, score_max), one row per session.",
+    )
+    @reports_database_errors
+    def session_stats(context: dg.AssetExecutionContext, warehouse: WarehouseDatabase) -> dg.MaterializeResult:
+        now = utcnow()
+        sessions = events = leaderboard = 0
+        for day in partition_days(context):
+            result = replace_session_partition(warehouse.engine(), day, now)
+            context.log.info(f"session_stats {day}: {result.sessions} sessions, {result.events} events")
+            sessions += result.sessions
+            events += result.events
+            leaderboard += result.leaderboard_rows
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": dg.MetadataValue.int(sessions),
+                "events_summed": dg.MetadataValue.int(events),
+                "leaderboard_rows_upserted": dg.MetadataValue.int(leaderboard),
+            }
+        )
+
+    return session_stats
+
+
+def build_session_stats_checks(dates: dg.PartitionsDefinition, retry: dg.RetryPolicy) -> list[dg.AssetChecksDefinition]:
+    return [
+        daily_warehouse_check(
+            "session_stats",
+            "event_counts_reconciled",
+            "Sum of the day's session event counts = clean game_events rows of the day.",
+            invariants.session_stats_reconciled,
+            dates,
+            retry,
+        )
+    ]

@@ -1,0 +1,93 @@
+"""Schedules replacing the old APScheduler interval jobs.
+
+``etl_schedule`` refreshes today's ETL partition every ETL_INTERVAL_MINUTES, and yesterday's
+as well on the first tick after midnight. ``heatmap_schedule`` refreshes today's heatmap of
+every level every HEATMAP_INTERVAL_MINUTES (yesterday's too after midnight). Like the old
+``max_instances=1``, a tick skips a partition whose previous run is still queued or running;
+like ``coalesce=True``, ticks missed while the daemon was down collapse into one (see
+``scheduler.config.max_catchup_runs: 1`` in the dagster.yaml written by ``heatmap-pipeline dev``).
+"""
+
+import datetime as dt
+
+import dagster as dg
+
+from heatmap_pipeline.core.cron import interval_cron_schedules, is_first_tick_of_day
+from heatmap_pipeline.orchestration import ETL_JOB, HEATMAP_JOB, TRIGGER_TAG, partition_run
+from heatmap_pipeline.settings import Settings
+
+
+
+def _cron(minutes: int) -> str | list[str]:
+    crons = interval_cron_schedules(minutes)
+    return crons[0] if len(crons) == 1 else crons  # one string reads better in the UI
+
+
+def days_to_refresh(tick: dt.datetime, interval_minutes: int, first_day: dt.date) -> list[dt.date]:
+    """Today (UTC), preceded by yesterday on the first tick after midnight."""
+    tick = tick.astimezone(dt.timezone.utc)
+    days = [tick.date()]
+    if is_first_tick_of_day(tick, interval_minutes):
+        days.insert(0, tick.date() - dt.timedelta(days=1))
+    return [day for day in days if day >= first_day]
+
+
+def _requests(context, job_name, keys: list[str], tick: dt.datetime, schedule_name: str):
+    requests, skipped = [], []
+    for key in keys:
+        if partition_run(context.instance, job_name, str(key)) is not None:
+            skipped.append(str(key))
+            continue
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{job_name}:{key}:{tick.isoformat()}",
+                partition_key=key,
+                tags={TRIGGER_TAG: schedule_name},
+            )
+        )
+    if skipped:
+        context.log.info(f"{schedule_name}: still queued or running, not launched again: {', '.join(skipped)}")
+    context.log.info(f"{schedule_name} tick {tick.isoformat()}: requesting {[str(r.partition_key) for r in requests]}")
+    return requests or dg.SkipReason(f"every partition of this tick is already queued or running: {', '.join(skipped)}")
+
+
+def build_etl_schedule(settings: Settings, job) -> dg.ScheduleDefinition:
+    minutes = settings.etl_interval_minutes
+
+    @dg.schedule(
+        name="etl_schedule",
+        job=job,
+        cron_schedule=_cron(minutes),
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"ETL of today's partition every {minutes} min (ETL_INTERVAL_MINUTES); yesterday's too after midnight.",
+    )
+    def etl_schedule(context: dg.ScheduleEvaluationContext):
+        tick = context.scheduled_execution_time
+        keys = [day.isoformat() for day in days_to_refresh(tick, minutes, settings.partition_start_date)]
+        return _requests(context, ETL_JOB, keys, tick, "etl_schedule")
+
+    return etl_schedule
+
+
+def build_heatmap_schedule(settings: Settings, job) -> dg.ScheduleDefinition:
+    minutes = settings.heatmap_interval_minutes
+
+    @dg.schedule(
+        name="heatmap_schedule",
+        job=job,
+        cron_schedule=_cron(minutes),
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Heatmaps of today for every level every {minutes} min (HEATMAP_INTERVAL_MINUTES).",
+    )
+    def heatmap_schedule(context: dg.ScheduleEvaluationContext):
+        tick = context.scheduled_execution_time
+        keys = [
+            dg.MultiPartitionKey({"date": day.isoformat(), "level": level})
+            for day in days_to_refresh(tick, minutes, settings.partition_start_date)
+            for level in settings.heatmap_levels
+        ]
+        return _requests(context, HEATMAP_JOB, keys, tick, "heatmap_schedule")
+
+    return heatmap_schedule

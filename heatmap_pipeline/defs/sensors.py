@@ -1,0 +1,110 @@
+"""``admin_trigger_sensor``: launches the admin trigger requests the admin API could not launch.
+
+Every tick it looks at the active rows of ``admin_trigger_requests``:
+- pending: claim the current stage (one conditional UPDATE, so the endpoint and the sensor never
+  both launch it) and yield its runs. Run keys hold the request id and the run slot, and Dagster
+  never launches a run key twice, so yielding them again on a later tick is harmless;
+- launching (claimed by the sensor): yield the same run keys again, adopt the runs they created;
+- launching (claimed by the endpoint, untouched for STALE_CLAIM_SECONDS): the endpoint died midway;
+  adopt its runs and launch the rest;
+- launched: when every run of the stage ended, finish the request or move to the next stage
+  (ETL before heatmaps).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from heatmap_pipeline.core.clock import utcnow
+from heatmap_pipeline.trigger import store
+from heatmap_pipeline.trigger.launcher import settle_stage
+from heatmap_pipeline.trigger.plan import stage_runs
+from heatmap_pipeline.trigger.store import TriggerRequest
+from heatmap_pipeline.defs.resources import WarehouseDatabase
+from heatmap_pipeline.orchestration import PARTITION_TAG, REQUEST_TAG, partition_run
+from heatmap_pipeline.settings import Settings
+
+SENSOR = "admin_trigger_sensor"
+STALE_CLAIM_SECONDS = 120
+
+
+def _statuses_of(instance: dg.DagsterInstance):
+    def statuses(run_ids: list[str]) -> dict[str, str]:
+        if not run_ids:
+            return {}
+        return {run.run_id: run.status.value for run in instance.get_runs(filters=dg.RunsFilter(run_ids=run_ids))}
+
+    return statuses
+
+
+def _runs_of_request(instance: dg.DagsterInstance, request: TriggerRequest) -> dict[tuple[str, str], str]:
+    """(job name, partition key) -> run id, for runs tagged with this request."""
+    records = instance.get_run_records(filters=dg.RunsFilter(tags={REQUEST_TAG: request.id}))
+    return {(r.dagster_run.job_name, r.dagster_run.tags.get(PARTITION_TAG, "")): r.dagster_run.run_id for r in records}
+
+
+def _launch(context, engine, settings: Settings, request: TriggerRequest) -> list[dg.RunRequest]:
+    """Run requests for the not yet launched runs of the claimed stage; adopt the ones that exist."""
+    existing = _runs_of_request(context.instance, request)
+    known, run_requests = dict(request.run_ids), []
+    for run in stage_runs(settings, request):
+        if run.slot in known:
+            continue
+        run_id = existing.get((run.job_name, run.partition_key)) or partition_run(context.instance, run.job_name, run.partition_key)
+        if run_id:
+            known[run.slot] = run_id
+            continue
+        run_requests.append(
+            dg.RunRequest(
+                run_key=run.run_key(request),
+                job_name=run.job_name,
+                partition_key=run.partition_key,
+                tags=run.tags(request, SENSOR),
+            )
+        )
+    if run_requests:
+        context.log.info(f"request {request.id}: launching stage {request.stage}: {[r.run_key for r in run_requests]}")
+    else:
+        store.mark_launched(engine, request, known)
+        context.log.info(f"request {request.id}: stage {request.stage} runs {known}")
+    return run_requests
+
+
+def step(context, engine, settings: Settings, request: TriggerRequest, ui_url: str) -> list[dg.RunRequest]:
+    """Move one request forward as far as this tick can; return the runs to launch."""
+    if request.state == "launched":
+        settle_stage(engine, settings, request, _statuses_of(context.instance), ui_url)
+        request = store.get_request(engine, request.id)
+    if request.state == "pending" and store.claim(engine, request.id, request.stage, SENSOR):
+        return _launch(context, engine, settings, store.get_request(engine, request.id))
+    if request.state == "launching":
+        if request.launched_by == SENSOR:
+            return _launch(context, engine, settings, request)
+        age = (utcnow() - request.updated_at).total_seconds()
+        if age > STALE_CLAIM_SECONDS and store.take_over(engine, request, SENSOR):
+            context.log.warning(f"request {request.id}: claimed by {request.launched_by} {age:.0f}s ago and never launched; taking over")
+            return _launch(context, engine, settings, store.get_request(engine, request.id))
+    return []
+
+
+def build_admin_trigger_sensor(settings: Settings, etl_job, heatmap_job) -> dg.SensorDefinition:
+    ui_url = settings.dagster_graphql_url.rsplit("/graphql", 1)[0]
+
+    @dg.sensor(
+        name=SENSOR,
+        jobs=[etl_job, heatmap_job],
+        minimum_interval_seconds=settings.admin_sensor_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Launches POST /admin/run-jobs requests the admin API could not launch itself "
+        "(e.g. the webserver was down), and runs their heatmaps after their ETL.",
+    )
+    def admin_trigger_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseDatabase):
+        engine = warehouse.engine()
+        run_requests: list[dg.RunRequest] = []
+        for request in store.active_requests(engine):
+            run_requests.extend(step(context, engine, settings, request, ui_url))
+        if run_requests:
+            return run_requests
+        return dg.SkipReason("no admin trigger request to launch")
+
+    return admin_trigger_sensor

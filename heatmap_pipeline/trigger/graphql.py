@@ -1,0 +1,127 @@
+"""A small client for the Dagster webserver's GraphQL API, authenticated with the admin API key.
+
+It raises :class:`DagsterUnreachable` when the webserver cannot be reached or answers 5xx (the
+caller leaves the request pending for ``admin_trigger_sensor``), and :class:`DagsterRejected`
+when Dagster answers but refuses (401, GraphQL or launch errors).
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from heatmap_pipeline.orchestration import IN_FLIGHT_NAMES, PARTITION_TAG
+from heatmap_pipeline.web.auth import API_KEY_HEADER
+
+
+_REPOSITORIES = """
+query HeatmapPipelineRepositories {
+  repositoriesOrError {
+    __typename
+    ... on RepositoryConnection { nodes { name location { name } pipelines { name } } }
+    ... on Error { message }
+  }
+}"""
+
+_LAUNCH = """
+mutation HeatmapPipelineLaunch($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on Error { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}"""
+
+_RUNS = """
+query HeatmapPipelineRuns($filter: RunsFilter!, $limit: Int) {
+  runsOrError(filter: $filter, limit: $limit) {
+    __typename
+    ... on Runs { results { runId status } }
+    ... on Error { message }
+  }
+}"""
+
+
+class DagsterUnreachable(RuntimeError):
+    pass
+
+
+class DagsterRejected(RuntimeError):
+    pass
+
+
+class DagsterGraphQL:
+    def __init__(self, url: str, api_key: str | None, timeout: float = 10.0):
+        self.url = url
+        headers = {API_KEY_HEADER: api_key} if api_key else {}
+        self._http = httpx.Client(headers=headers, timeout=timeout)
+        self._job_locations: dict[str, tuple[str, str]] = {}
+
+    @property
+    def ui_url(self) -> str:
+        return self.url.rsplit("/graphql", 1)[0]
+
+    def close(self) -> None:
+        self._http.close()
+
+    def execute(self, query: str, variables: dict | None = None) -> dict:
+        try:
+            response = self._http.post(self.url, json={"query": query, "variables": variables or {}})
+        except httpx.HTTPError as exc:
+            raise DagsterUnreachable(f"Dagster webserver at {self.url} unreachable: {type(exc).__name__}") from None
+        if response.status_code >= 500:
+            raise DagsterUnreachable(f"Dagster webserver at {self.url} answered HTTP {response.status_code}")
+        if response.status_code == 401:
+            raise DagsterRejected(f"Dagster webserver at {self.url} refused the admin API key (HTTP 401); "
+                                  "the admin API and the webserver must share ADMIN_API_KEY")
+        if response.status_code != 200:
+            raise DagsterRejected(f"Dagster webserver at {self.url} answered HTTP {response.status_code}")
+        body = response.json()
+        if body.get("errors"):
+            raise DagsterRejected(f"GraphQL error: {body['errors'][0].get('message')}")
+        return body["data"]
+
+    def _location_of(self, job_name: str) -> tuple[str, str]:
+        if job_name not in self._job_locations:
+            data = self.execute(_REPOSITORIES)["repositoriesOrError"]
+            if data["__typename"] != "RepositoryConnection":
+                raise DagsterRejected(f"cannot list code locations: {data.get('message')}")
+            for repo in data["nodes"]:
+                for job in repo["pipelines"]:
+                    self._job_locations.setdefault(job["name"], (repo["location"]["name"], repo["name"]))
+            if job_name not in self._job_locations:
+                raise DagsterRejected(f"job {job_name} is not in any code location loaded by {self.ui_url}")
+        return self._job_locations[job_name]
+
+    def launch_run(self, job_name: str, tags: dict[str, str]) -> str:
+        location, repository = self._location_of(job_name)
+        params = {
+            "selector": {"repositoryLocationName": location, "repositoryName": repository, "jobName": job_name},
+            "runConfigData": {},
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+        }
+        result = self.execute(_LAUNCH, {"executionParams": params})["launchRun"]
+        if result["__typename"] == "LaunchRunSuccess":
+            return result["run"]["runId"]
+        detail = result.get("message") or "; ".join(e["message"] for e in result.get("errors", [])) or result["__typename"]
+        raise DagsterRejected(f"launching {job_name} failed: {result['__typename']}: {detail}")
+
+    def _runs(self, run_filter: dict, limit: int | None = None) -> list[dict]:
+        data = self.execute(_RUNS, {"filter": run_filter, "limit": limit})["runsOrError"]
+        if data["__typename"] != "Runs":
+            raise DagsterRejected(f"cannot read runs: {data.get('message')}")
+        return data["results"]
+
+    def run_statuses(self, run_ids: list[str]) -> dict[str, str]:
+        if not run_ids:
+            return {}
+        return {run["runId"]: run["status"] for run in self._runs({"runIds": run_ids})}
+
+    def in_flight_run(self, job_name: str, partition_key: str) -> str | None:
+        """A queued or running run of this job and partition, which a new request should share."""
+        runs = self._runs(
+            {"pipelineName": job_name, "tags": [{"key": PARTITION_TAG, "value": partition_key}],
+             "statuses": list(IN_FLIGHT_NAMES)},
+            limit=1,
+        )
+        return runs[0]["runId"] if runs else None

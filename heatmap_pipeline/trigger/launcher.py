@@ -1,0 +1,118 @@
+"""Moving a trigger request forward: launch its current stage, watch its runs, go to the next stage.
+
+:func:`drive` does one step through the Dagster GraphQL API (the admin API's side);
+``admin_trigger_sensor`` does the same steps from the daemon with the instance (sensors.py).
+Both use :func:`settle_stage` once runs exist, and both claim before launching (store.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+import sqlalchemy as sa
+
+from heatmap_pipeline.trigger import store
+from heatmap_pipeline.trigger.graphql import DagsterGraphQL, DagsterRejected, DagsterUnreachable
+from heatmap_pipeline.trigger.plan import failure_message, stage_outcome, stage_runs
+from heatmap_pipeline.trigger.store import TriggerRequest
+from heatmap_pipeline.settings import Settings
+
+log = logging.getLogger("heatmap_pipeline.admin")
+ENDPOINT = "admin_api"
+# One launch at a time in this process: two requests for the same partition arriving together
+# must see each other's run (checked, then launched, under this lock) and share it.
+_launch_lock = threading.Lock()
+
+
+def settle_stage(
+    engine: sa.Engine,
+    settings: Settings,
+    request: TriggerRequest,
+    statuses_of: Callable[[list[str]], dict[str, str]],
+    ui_url: str,
+) -> str:
+    """For a 'launched' request: read its runs' statuses; when all ended, finish or advance.
+
+    Returns the stage outcome ('running', 'success' or 'failure')."""
+    planned = stage_runs(settings, request)
+    slots = {run.slot: request.run_ids.get(run.slot) for run in planned}
+    by_id = statuses_of([run_id for run_id in slots.values() if run_id])
+    statuses = {slot: by_id.get(run_id) if run_id else None for slot, run_id in slots.items()}
+    store.record_statuses(engine, request, {slot: status for slot, status in statuses.items() if status})
+    outcome, failed = stage_outcome(statuses)
+    if outcome == "failure":
+        store.finish(engine, request, error=failure_message(planned, request, failed, ui_url))
+    elif outcome == "success":
+        following = request.next_stage()
+        if following:
+            store.advance(engine, request, following)
+        else:
+            store.finish(engine, request)
+    return outcome
+
+
+def _launch_stage(engine: sa.Engine, settings: Settings, dagster: DagsterGraphQL, request: TriggerRequest) -> None:
+    """Launch (or share) every run of the claimed stage; on losing Dagster, hand the claim back."""
+    launched: dict[str, str] = {}
+    started = time.monotonic()
+    try:
+        with _launch_lock:
+            for run in stage_runs(settings, request):
+                if run.slot in request.run_ids:  # launched before a previous launcher lost Dagster
+                    continue
+                shared = dagster.in_flight_run(run.job_name, run.partition_key)
+                launched[run.slot] = shared or dagster.launch_run(run.job_name, run.tags(request, ENDPOINT))
+                if shared:
+                    log.info(f"request {request.id}: {run.job_name} {run.partition_key} shares queued/running run {shared}")
+    except DagsterUnreachable as exc:
+        store.release(engine, request, launched)
+        log.warning(f"request {request.id}: {exc}; left pending for admin_trigger_sensor")
+        return
+    except DagsterRejected as exc:
+        store.finish(engine, request, error=str(exc), launched=launched)
+        log.error(f"request {request.id}: {exc}")
+        return
+    store.mark_launched(engine, request, launched)
+    log.info(f"request {request.id}: stage {request.stage} launched {launched} in {time.monotonic() - started:.2f}s")
+
+
+def drive(engine: sa.Engine, settings: Settings, dagster: DagsterGraphQL, request_id: str) -> TriggerRequest | None:
+    """One step forward through GraphQL. Safe to call any number of times, from any process."""
+    request = store.get_request(engine, request_id)
+    if request is None or request.finished:
+        return request
+    if request.state == "launched":
+        try:
+            settle_stage(engine, settings, request, dagster.run_statuses, dagster.ui_url)
+        except (DagsterUnreachable, DagsterRejected) as exc:
+            log.warning(f"request {request.id}: cannot read run statuses yet: {exc}")
+        request = store.get_request(engine, request_id)
+    # Pending: just created, or its ETL has just succeeded and the heatmaps are due now.
+    if request.state == "pending" and store.claim(engine, request.id, request.stage, ENDPOINT):
+        _launch_stage(engine, settings, dagster, store.get_request(engine, request.id))
+    return store.get_request(engine, request_id)
+
+
+def drive_until_finished(
+    engine: sa.Engine,
+    settings: Settings,
+    dagster: DagsterGraphQL,
+    request_id: str,
+    timeout: float,
+    stop: threading.Event | None = None,
+    poll: float = 0.5,
+    unreachable_poll: float = 3.0,
+) -> TriggerRequest | None:
+    """Drive until the request finishes, ``timeout`` seconds pass or ``stop`` is set; returns its latest state."""
+    stop = stop or threading.Event()
+    deadline = time.monotonic() + timeout
+    while True:
+        request = drive(engine, settings, dagster, request_id)
+        remaining = deadline - time.monotonic()
+        if request is None or request.finished or remaining <= 0 or stop.is_set():
+            return request
+        # Still pending after drive() means Dagster was unreachable: retry less often.
+        stop.wait(min(unreachable_poll if request.state == "pending" else poll, remaining))

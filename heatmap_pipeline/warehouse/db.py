@@ -1,0 +1,76 @@
+"""Database URLs and engines: the only place that knows how to connect."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+
+def normalize_database_url(raw: str) -> str:
+    """Accept the old system's URL forms and pick a synchronous driver we install.
+
+    ``postgresql+asyncpg://`` (the old FastAPI app's async URL) and ``postgres://`` become
+    ``postgresql+psycopg://``; ``postgresql://`` and ``postgresql+psycopg2://`` are kept
+    (SQLAlchemy 2.1 maps the plain form to psycopg 3, which we install, as we do psycopg2).
+    """
+    try:
+        url = make_url(raw)
+    except Exception:  # sqlalchemy raises ArgumentError with a message that echoes the URL
+        raise ValueError("is not a database URL; expected e.g. postgresql://user@host:5432/db or sqlite:///path.db") from None
+    backend = url.get_backend_name()
+    driver = url.get_driver_name() if "+" in url.drivername else ""
+    if backend in ("postgres", "postgresql"):
+        if driver == "asyncpg" or backend == "postgres":
+            url = url.set(drivername="postgresql+psycopg" if driver in ("", "asyncpg") else f"postgresql+{driver}")
+        if driver not in ("", "asyncpg", "psycopg", "psycopg2"):
+            raise ValueError(f"driver {driver!r} is not supported; use postgresql://, postgresql+psycopg2:// or postgresql+asyncpg://")
+    elif backend == "sqlite":
+        if driver not in ("", "pysqlite"):
+            raise ValueError(f"driver {driver!r} is not supported; use sqlite:///path.db")
+    else:
+        raise ValueError(f"database {backend!r} is not supported; use PostgreSQL or SQLite")
+    return url.render_as_string(hide_password=False)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and metadata."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@functools.lru_cache(maxsize=16)
+def get_engine(url: str) -> sa.Engine:
+    """One pooled engine per URL per process. PostgreSQL sessions run in UTC."""
+    url = normalize_database_url(url)
+    if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # WAL lets the UI read while a run writes
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            # 64 MiB of page cache instead of 2: a day's load inserts into two B-tree indexes in
+            # key order that is not insertion order, which with the default cache re-reads pages.
+            cursor.execute("PRAGMA cache_size=-65536")
+            cursor.execute("PRAGMA temp_store=MEMORY")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(
+        url,
+        pool_pre_ping=True,
+        connect_args={"options": "-c timezone=UTC", "connect_timeout": 10},
+    )
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error (psycopg 3 or psycopg2), or None (SQLite, or no server answer)."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)

@@ -1,0 +1,51 @@
+"""Extract one UTC day of ``events``, clean it, and replace the ``game_events`` partition.
+
+:func:`load_partition` is the one entry point. It picks:
+
+* the SQL path (``sql_path.py``) when ``events`` lives in the warehouse database: the
+  transformation runs as ``INSERT ... SELECT``; only rows SQL cannot prove clean come back
+  through the Python cleaner, in the same transaction;
+* the Python path (``python_path.py``) otherwise.
+
+Both write through ``writing.py``: one transaction per day, under the day's advisory lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import sqlalchemy as sa
+
+from heatmap_pipeline.core.cleaning import CleaningRules
+from heatmap_pipeline.warehouse.etl.python_path import load_partition_python
+from heatmap_pipeline.warehouse.etl.sql_path import UnsupportedSource, load_partition_sql
+from heatmap_pipeline.warehouse.etl.writing import EtlResult
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EtlResult", "load_partition", "same_database"]
+
+
+def same_database(source: sa.Engine, warehouse: sa.Engine) -> bool:
+    return source.url.render_as_string(hide_password=False) == warehouse.url.render_as_string(hide_password=False)
+
+def load_partition(
+    source: sa.Engine,
+    warehouse: sa.Engine,
+    day: dt.date,
+    rules: CleaningRules,
+    now: dt.datetime,
+    chunk_size: int = 50_000,
+) -> EtlResult:
+    """Replace the ``game_events`` partition of ``day``; the one entry point the asset calls.
+
+    Same database: the SQL path (falls back to Python when the source's column types are ones
+    it does not handle). Two databases: the streaming Python path with bulk loads.
+    """
+    if same_database(source, warehouse):
+        try:
+            return load_partition_sql(warehouse, day, rules, now, chunk_size)
+        except UnsupportedSource as exc:
+            log.warning("SQL fast path not usable for this source (%s); using the Python path", exc)
+    return load_partition_python(source, warehouse, day, rules, now, chunk_size)

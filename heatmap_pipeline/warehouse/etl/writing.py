@@ -1,0 +1,144 @@
+"""The day-writing toolkit both ETL paths share: open a day, bulk-load rows, record stats, close it.
+
+A day is replaced in one transaction that first takes the partition's advisory lock; a failure
+rolls everything back. On PostgreSQL the clean rows go into a fresh table that replaces the day's
+partition at the end (``pg_partitions.py``); on SQLite the day's rows are deleted and inserted.
+The same transaction records the day's ``position_stats``.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import io
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import sqlalchemy as sa
+
+from heatmap_pipeline.core.binning import PositionRanges
+from heatmap_pipeline.core.cleaning import EventCleaner
+from heatmap_pipeline.warehouse.etl import pg_partitions
+from heatmap_pipeline.warehouse.locks import lock_partition
+from heatmap_pipeline.warehouse.tables import game_events, position_stats, quarantined_events
+
+
+@dataclass
+class EtlResult:
+    partition_date: dt.date
+    extracted: int = 0
+    clean: int = 0
+    quarantined: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    method: str = "python"
+    residue: int = 0  # SQL path: rows handed to the Python cleaner
+
+    @property
+    def reconciled(self) -> bool:
+        return self.extracted == self.clean + self.quarantined
+
+def begin_day(conn: sa.Connection, day: dt.date) -> sa.TableClause:
+    """Take the day's write lock, empty its quarantine, and return the table its clean rows go to.
+
+    PostgreSQL: a fresh table, swapped in by :func:`finish_day`. SQLite: ``game_events`` itself,
+    emptied of the day.
+    """
+    lock_partition(conn, "game_events", day)
+    conn.execute(quarantined_events.delete().where(quarantined_events.c.partition_date == day))
+    if conn.dialect.name == "postgresql":
+        return pg_partitions.create_stage(conn, day)
+    conn.execute(game_events.delete().where(game_events.c.event_date == day))
+    return game_events
+
+def record_position_stats(conn: sa.Connection, day: dt.date, ranges: PositionRanges) -> None:
+    """Per level: the day's position count and x/y range, for the heatmaps' automatic bounds."""
+    conn.execute(position_stats.delete().where(position_stats.c.event_date == day))
+    rows = [
+        {"event_date": day, "level": level, **vars(summary)} for level, summary in sorted(ranges.by_level.items())
+    ]
+    if rows:
+        conn.execute(position_stats.insert(), rows)
+
+def finish_day(conn: sa.Connection, day: dt.date, target: sa.TableClause, ranges: PositionRanges) -> None:
+    """Record the day's position stats and, on PostgreSQL, swap the loaded table in."""
+    record_position_stats(conn, day, ranges)
+    if conn.dialect.name == "postgresql":
+        pg_partitions.swap_in(conn, day, target)
+
+_GAME_EVENT_COLUMNS = [c.name for c in game_events.columns]
+
+_QUARANTINE_COLUMNS = [c.name for c in quarantined_events.columns if c.name != "id"]
+
+def _copy_text(value) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, dt.datetime):
+        value = value.isoformat(sep=" ")
+    elif isinstance(value, float):
+        value = repr(value)
+    text = str(value)
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+def _copy_rows(conn: sa.Connection, table: sa.TableClause, columns: list[str], rows: list[dict]) -> None:
+    """PostgreSQL COPY FROM STDIN through the connection's own transaction (psycopg 3 or psycopg2)."""
+    cursor = conn.connection.cursor()
+    statement = f'COPY "{table.name}" ({", ".join(columns)}) FROM STDIN'
+    try:
+        if hasattr(cursor, "copy"):  # psycopg 3
+            with cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row([row[c] for c in columns])
+        else:  # psycopg2: COPY's text format
+            buffer = io.StringIO()
+            for row in rows:
+                buffer.write("\t".join(_copy_text(row[c]) for c in columns))
+                buffer.write("\n")
+            buffer.seek(0)
+            cursor.copy_expert(statement, buffer)
+    finally:
+        cursor.close()
+
+def bulk_insert(conn: sa.Connection, table: sa.TableClause, rows: list[dict], columns: list[str]) -> None:
+    """Insert many rows: COPY on PostgreSQL, executemany elsewhere."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        _copy_rows(conn, table, columns, rows)
+    else:
+        conn.execute(table.insert(), rows)
+
+def write_cleaned_chunks(
+    conn: sa.Connection,
+    chunks: Iterable[Iterable[Mapping]],
+    cleaner: EventCleaner,
+    reasons: collections.Counter,
+    target: sa.TableClause,
+    ranges: PositionRanges,
+) -> tuple[int, int]:
+    """Clean each chunk of raw rows and bulk-load the results into ``target`` and the quarantine;
+    return (clean, quarantined)."""
+    clean = quarantined = 0
+    for chunk in chunks:
+        clean_rows, rejected = cleaner.clean(chunk)
+        ranges.add_rows(clean_rows)
+        bulk_insert(conn, target, clean_rows, _GAME_EVENT_COLUMNS)
+        bulk_insert(conn, quarantined_events, rejected, _QUARANTINE_COLUMNS)
+        reasons.update(q["reason"] for q in rejected)
+        clean += len(clean_rows)
+        quarantined += len(rejected)
+    return clean, quarantined
+
+def partition_counts(warehouse: sa.Engine, day: dt.date) -> dict:
+    """What is stored for a partition now: clean rows, quarantined rows by reason."""
+    with warehouse.connect() as conn:
+        clean = conn.execute(
+            sa.select(sa.func.count()).select_from(game_events).where(game_events.c.event_date == day)
+        ).scalar_one()
+        reasons = dict(
+            conn.execute(
+                sa.select(quarantined_events.c.reason, sa.func.count())
+                .where(quarantined_events.c.partition_date == day)
+                .group_by(quarantined_events.c.reason)
+            ).all()
+        )
+    return {"clean": clean, "quarantined": sum(reasons.values()), "reasons": reasons}

@@ -1,0 +1,96 @@
+"""Creating and migrating the warehouse tables: one explicit step, never a side effect of a getter.
+
+``heatmap-pipeline migrate`` runs :func:`ensure_warehouse_schema`; so does ``heatmap-pipeline dev`` at
+start, the admin API at start, and ``WarehouseDatabase.setup_for_execution`` before a run uses the
+warehouse. It creates what is missing, adds missing columns to the old system's ``heatmaps`` and
+``leaderboard_aggregates``, and on PostgreSQL makes ``game_events`` the day-partitioned table
+(migrating an earlier version's plain table once, rows and all). Idempotent and cheap when done.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import sqlalchemy as sa
+
+from heatmap_pipeline.warehouse.etl.pg_partitions import DEFAULT_PARTITION, partition_name, quote_ident
+from heatmap_pipeline.warehouse.locks import lock_partition
+from heatmap_pipeline.warehouse.tables import game_events, metadata, source_metadata
+
+
+UNPARTITIONED = "game_events_unpartitioned"
+
+def _relkind(conn: sa.Connection, name: str) -> str | None:
+    return conn.execute(sa.text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:n)"), {"n": name}).scalar()
+
+def ensure_partitioned(conn: sa.Connection) -> None:
+    """Make ``game_events`` the partitioned table; migrate an earlier version's plain table.
+
+    Called by :func:`ensure_warehouse_schema` under its lock, after ``create_all``.
+    """
+    if _relkind(conn, "game_events") == "r":
+        # An earlier version's plain table: move its rows into day partitions, once.
+        conn.execute(sa.text(f"ALTER TABLE game_events RENAME TO {UNPARTITIONED}"))
+        for index in conn.execute(
+            sa.text("SELECT indexname FROM pg_indexes WHERE tablename = :t AND schemaname = current_schema()"),
+            {"t": UNPARTITIONED},
+        ).scalars():
+            conn.execute(sa.text(f"ALTER INDEX {quote_ident(index)} RENAME TO {quote_ident('old_' + index)}"))
+        game_events.create(conn)
+        days = conn.execute(sa.text(f"SELECT DISTINCT event_date FROM {UNPARTITIONED} ORDER BY 1")).scalars().all()
+        for day in days:
+            conn.execute(
+                sa.text(f"CREATE TABLE {quote_ident(partition_name(day))} PARTITION OF game_events FOR VALUES IN ('{day.isoformat()}')")
+            )
+        columns = ", ".join(quote_ident(c.name) for c in game_events.columns)
+        conn.execute(sa.text(f"INSERT INTO game_events ({columns}) SELECT {columns} FROM {UNPARTITIONED}"))
+        conn.execute(sa.text(f"DROP TABLE {UNPARTITIONED}"))
+    conn.execute(sa.text(f"CREATE TABLE IF NOT EXISTS {DEFAULT_PARTITION} PARTITION OF game_events DEFAULT"))
+
+
+def _add_missing_columns(conn: sa.Connection, table: sa.Table) -> None:
+    existing = {col["name"] for col in sa.inspect(conn).get_columns(table.name)}
+    for column in table.columns:
+        if column.name not in existing and not column.primary_key:
+            col_type = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {col_type}'))
+
+def ensure_warehouse_schema(engine: sa.Engine) -> None:
+    """Create our tables if missing, and bring an old deployment's tables up to date (idempotent)."""
+    with engine.begin() as conn:
+        lock_partition(conn, "schema")  # two first runs at once must not both create the tables
+        inspector = sa.inspect(conn)
+        old_tables = {t.name for t in metadata.sorted_tables if inspector.has_table(t.name)}
+        metadata.create_all(conn, checkfirst=True)
+        for name in ("heatmaps", "leaderboard_aggregates"):
+            if name in old_tables:
+                _add_missing_columns(conn, metadata.tables[name])
+        if "heatmaps" in old_tables:
+            # An old table may lack the unique (level, date) our upsert relies on.
+            conn.execute(sa.text("CREATE UNIQUE INDEX IF NOT EXISTS uq_heatmaps_level_date_idx ON heatmaps (level, date)"))
+        # Earlier versions indexed game_events.session_id for the leaderboard, which now reads
+        # session_stats; the index only slowed every load down.
+        conn.execute(sa.text("DROP INDEX IF EXISTS ix_game_events_session"))
+        if conn.dialect.name == "sqlite":  # replaced by the covering ix_game_events_positions
+            conn.execute(sa.text("DROP INDEX IF EXISTS ix_game_events_date_level"))
+        if conn.dialect.name == "postgresql":
+            ensure_partitioned(conn)
+
+def ensure_source_schema(engine: sa.Engine) -> None:
+    """Create the game backend's ``events`` table (demo and tests only) and its timestamp index."""
+    source_metadata.create_all(engine, checkfirst=True)
+
+
+_migrated: set[str] = set()
+_migrated_lock = threading.Lock()
+
+
+def migrate_once(engine: sa.Engine) -> None:
+    """:func:`ensure_warehouse_schema`, at most once per process and database: for the resource's
+    ``setup_for_execution``, which Dagster calls before every run, check and sensor tick."""
+    key = engine.url.render_as_string(hide_password=False)
+    with _migrated_lock:
+        if key in _migrated:
+            return
+        ensure_warehouse_schema(engine)
+        _migrated.add(key)
