@@ -11,21 +11,65 @@ from heatmap_pipeline_tests.support import build_defs
 ROOT = Path(__file__).parents[1]
 
 
+def definitions_snapshot(defs: dg.Definitions) -> dict:
+    """What a newcomer sees in the UI, as plain data: assets, checks, jobs and what they run, schedules, sensors."""
+    graph = defs.resolve_asset_graph()
+    repository = defs.get_repository_def()
+    assets = {}
+    for key in sorted(graph.get_all_asset_keys()):
+        node = graph.get(key)
+        parts = node.partitions_def
+        dims = [d.name for d in parts.partitions_defs] if isinstance(parts, dg.MultiPartitionsDefinition) else ["date"]
+        assets[key.to_user_string()] = {
+            "group": node.group_name,
+            "partitions": dims,
+            "deps": sorted(parent.to_user_string() for parent in node.parent_keys),
+        }
+    return {
+        "assets": assets,
+        "checks": sorted(
+            (spec.asset_key.to_user_string(), spec.name, spec.blocking) for c in defs.asset_checks for spec in c.check_specs
+        ),
+        "jobs": {
+            name: sorted(defs.resolve_job_def(name).graph.node_names()) for name in ("etl_job", "heatmap_job")
+        },
+        "schedules": {s.name: (s.cron_schedule, s.job_name, s.default_status.value) for s in repository.schedule_defs},
+        "sensors": {s.name: (sorted(t.job_name for t in s.targets), s.default_status.value) for s in repository.sensor_defs},
+    }
+
+
 def test_definitions_snapshot(sqlite_url, monkeypatch):
     defs = build_defs(monkeypatch, sqlite_url)
+    assert definitions_snapshot(defs) == {
+        "assets": {
+            "game_events": {"group": "game_analytics", "partitions": ["date"], "deps": []},
+            "level_heatmaps": {"group": "game_analytics", "partitions": ["date", "level"], "deps": ["game_events"]},
+            "session_stats": {"group": "game_analytics", "partitions": ["date"], "deps": ["game_events"]},
+        },
+        "checks": [
+            ("game_events", "rows_reconciled", True),
+            ("game_events", "unique_event_ids", True),
+            ("level_heatmaps", "matrix_consistent", True),
+            ("session_stats", "event_counts_reconciled", True),
+        ],
+        "jobs": {
+            "etl_job": sorted(["game_events", "game_events_rows_reconciled", "game_events_unique_event_ids",
+                               "session_stats", "session_stats_event_counts_reconciled"]),
+            "heatmap_job": ["level_heatmaps", "level_heatmaps_matrix_consistent"],
+        },
+        "schedules": {
+            "etl_schedule": ("*/15 * * * *", "etl_job", "RUNNING"),
+            "heatmap_schedule": ("*/30 * * * *", "heatmap_job", "RUNNING"),
+        },
+        "sensors": {
+            "admin_trigger_sensor": (["etl_job", "heatmap_job"], "RUNNING"),
+            "heatmap_refresh_sensor": (["heatmap_job"], "RUNNING"),
+            "late_events_sensor": (["etl_job"], "RUNNING"),
+        },
+    }
     graph = defs.resolve_asset_graph()
-    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert {"game_events", "session_stats", "level_heatmaps"} <= keys
-    for name in ("game_events", "session_stats", "level_heatmaps"):
-        assert graph.get(dg.AssetKey(name)).group_name == "game_analytics"
-    heatmap_parts = graph.get(dg.AssetKey("level_heatmaps")).partitions_def
-    assert isinstance(heatmap_parts, dg.MultiPartitionsDefinition)
-    assert [d.name for d in heatmap_parts.partitions_defs] == ["date", "level"]
     events_parts = graph.get(dg.AssetKey("game_events")).partitions_def
     assert events_parts.start.date().isoformat() == "2025-01-01" and events_parts.end_offset == 1
-    assert graph.get(dg.AssetKey("level_heatmaps")).parent_keys == {dg.AssetKey("game_events")}
-    assert {job.name for job in [defs.resolve_job_def("etl_job"), defs.resolve_job_def("heatmap_job")]} == {"etl_job", "heatmap_job"}
-    assert {"etl_schedule", "heatmap_schedule"} <= {s.name for s in defs.get_repository_def().schedule_defs}
 
 
 def test_custom_levels_become_level_partitions(sqlite_url, monkeypatch):
