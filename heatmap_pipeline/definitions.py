@@ -1,4 +1,8 @@
-"""The wiring table of contents: ``defs`` is what ``dagster dev`` and the workspace load."""
+"""The wiring table of contents: ``defs`` is what ``dagster dev`` and the workspace load.
+
+Nothing is built at import: Dagster calls ``defs`` when it loads the code location, and the CLI
+imports ``build_definitions`` to build them once from its own settings.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from heatmap_pipeline.defs.resources import SourceDatabase, WarehouseDatabase
 from heatmap_pipeline.orchestration import db_retry_policy
 from heatmap_pipeline.defs.schedules import build_etl_schedule, build_heatmap_schedule
 from heatmap_pipeline.defs.sensors import build_admin_trigger_sensor
-from heatmap_pipeline.settings import Settings, load_settings
+from heatmap_pipeline.settings import Settings, get_settings
 
 
 def build_resources(settings: Settings) -> dict:
@@ -58,4 +62,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
 
 
-defs = build_definitions(load_settings())
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(get_settings())

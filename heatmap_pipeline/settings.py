@@ -1,93 +1,275 @@
 """Every environment variable the project reads, parsed and validated in one place.
 
-Only this module reads ``os.environ``. The variable names of the old APScheduler runner
-(``ETL_INTERVAL_MINUTES``, ``HEATMAP_INTERVAL_MINUTES``, ``HEATMAP_LEVELS``,
-``ADMIN_API_KEY``, ``DATABASE_URL``) keep their meaning, so an existing ``.env`` works.
-A bad value raises :class:`SettingsError` naming the variable, the value and what is allowed.
+Only this module reads (and, for Dagster's sake, writes) ``os.environ``. The variables are the
+fields of :class:`Settings`, a pydantic-settings model: each field's alias is the variable's name,
+its default and its description are written once, there. Values come from the environment and
+from a ``.env`` file in the working directory (the old APScheduler runner was configured by one;
+its names ``ETL_INTERVAL_MINUTES``, ``HEATMAP_INTERVAL_MINUTES``, ``HEATMAP_LEVELS``,
+``ADMIN_API_KEY`` and ``DATABASE_URL`` keep their meaning); the environment wins over the file.
+An empty value counts as unset. A bad value raises :class:`SettingsError` naming the variable,
+the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Annotated, Any, Mapping
+from urllib.parse import urlsplit
 
-# (name, default, description) - the README's table of variables is generated from this list
-# by hand; keep them in step (a test checks that every name here appears in the README).
-VARIABLES: list[tuple[str, str, str]] = [
-    ("DATABASE_URL", "(unset: embedded SQLite demo in the data directory)", "Source game database holding the `events` table."),
-    ("WAREHOUSE_DATABASE_URL", "same as DATABASE_URL", "Where the pipeline's own tables are written."),
-    ("ETL_INTERVAL_MINUTES", "15", "Minutes between ETL schedule ticks (1-1440)."),
-    ("HEATMAP_INTERVAL_MINUTES", "30", "Minutes between heatmap schedule ticks (1-1440)."),
-    ("HEATMAP_LEVELS", "1,2,3", "Comma-separated level names; the static `level` partitions."),
-    ("HEATMAP_DEFAULT_LEVEL", "first of HEATMAP_LEVELS", "Level given to position events whose payload names none."),
-    ("HEATMAP_GRID_SIZE", "50", "Cells per axis of every heatmap (2-1000)."),
-    ("HEATMAP_BOUNDS", "(none: each day's own min/max)", 'Fixed world bounds per level, JSON: {"1": [xmin, xmax, ymin, ymax]}.'),
-    ("PARTITION_START_DATE", "2025-01-01", "First daily partition (YYYY-MM-DD, UTC)."),
-    ("POSITION_EVENT_TYPES", "move,position", "event_type values that must carry x and y."),
-    ("FUTURE_TOLERANCE_MINUTES", "10", "Events stamped more than this after their created_at (or the run's clock) are quarantined."),
-    ("MAX_PAYLOAD_BYTES", "65536", "Payloads larger than this are quarantined."),
-    ("ETL_CHUNK_SIZE", "50000", "Rows per chunk when streaming events between databases."),
-    ("DB_RETRY_MAX_RETRIES", "3", "Retries of an asset step after a transient database error (0-10)."),
-    ("DB_RETRY_DELAY_SECONDS", "10", "First retry delay in seconds, doubled at each retry (0-3600)."),
-    ("ADMIN_API_KEY", "(none: admin endpoint answers 503)", "One key or a comma-separated list (rotation) for the admin API and the UI."),
-    ("ADMIN_HOST", "127.0.0.1", "Interface the admin API (POST /admin/run-jobs) listens on."),
-    ("ADMIN_PORT", "8000", "Port of the admin API (1-65535)."),
-    ("DAGSTER_UI_PORT", "3000", "Port of the authenticated Dagster webserver started by `heatmap-pipeline dev` (1-65535)."),
-    ("DAGSTER_GRAPHQL_URL", "http://127.0.0.1:$DAGSTER_UI_PORT/graphql", "Dagster GraphQL endpoint the admin API launches runs through."),
-    ("ADMIN_WAIT_TIMEOUT_SECONDS", "600", "How long POST /admin/run-jobs waits for its runs before answering 202 (1-86400)."),
-    ("ADMIN_SENSOR_INTERVAL_SECONDS", "10", "Minimum seconds between admin_trigger_sensor ticks (1-3600)."),
-    ("DAGSTER_UI_ANONYMOUS_READ_ONLY", "false", "true: the Dagster UI is readable without a key (launches still need one)."),
-    ("HEATMAP_PIPELINE_HOME", "./.heatmap_pipeline", "Data directory of the embedded default (SQLite file, DAGSTER_HOME)."),
-]
+import annotated_types
+from dotenv import dotenv_values
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUseDefault
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from heatmap_pipeline.core.binning import GridBounds
 
 
 class SettingsError(ValueError):
     """A setting has a value we cannot run with. The message names the variable."""
 
 
-@dataclass(frozen=True)
-class Bounds:
-    x_min: float
-    x_max: float
-    y_min: float
-    y_max: float
-
-    def as_list(self) -> list[float]:
-        return [self.x_min, self.x_max, self.y_min, self.y_max]
+def _derived(text: str) -> dict[str, str]:
+    """Field metadata for a default that is computed, not a value: ``text`` documents it (README)."""
+    return {"default_text": text}
 
 
-@dataclass(frozen=True)
-class Settings:
-    database_url: str | None = None
-    warehouse_database_url: str | None = None
-    etl_interval_minutes: int = 15
-    heatmap_interval_minutes: int = 30
-    heatmap_levels: tuple[str, ...] = ("1", "2", "3")
-    heatmap_default_level: str = "1"
-    heatmap_grid_size: int = 50
-    heatmap_bounds: Mapping[str, Bounds] = field(default_factory=dict)
-    partition_start_date: dt.date = dt.date(2025, 1, 1)
-    position_event_types: frozenset[str] = frozenset({"move", "position"})
-    future_tolerance_minutes: float = 10.0
-    max_payload_bytes: int = 65536
-    etl_chunk_size: int = 50000
-    db_retry_max_retries: int = 3
-    db_retry_delay_seconds: float = 10.0
-    admin_api_keys: tuple[str, ...] = field(default=(), repr=False)  # keys never reach logs
-    admin_host: str = "127.0.0.1"
-    admin_port: int = 8000
-    dagster_ui_port: int = 3000
-    dagster_graphql_url: str = "http://127.0.0.1:3000/graphql"
-    admin_wait_timeout_seconds: float = 600.0
-    admin_sensor_interval_seconds: int = 10
-    dagster_ui_anonymous_read_only: bool = False
-    home: Path = Path(".heatmap_pipeline")
+# NoDecode: pydantic-settings would read these types as JSON; ours are comma-separated (or, for
+# HEATMAP_BOUNDS, JSON read by its own validator to name what is wrong).
+Names = Annotated[tuple[str, ...], NoDecode]
+NameSet = Annotated[frozenset[str], NoDecode]
+LevelBounds = Annotated[dict[str, GridBounds], NoDecode]
+
+_LEVEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=True,
+        extra="ignore",  # the environment and an old .env hold many other variables
+        frozen=True,
+        validate_default=True,  # defaults are written as a user would write the variable
+    )
+
+    database_url: str | None = Field(
+        None, alias="DATABASE_URL", description="Source game database holding the `events` table.",
+        json_schema_extra=_derived("(unset: embedded SQLite demo in the data directory)"),
+    )
+    warehouse_database_url: str | None = Field(
+        None, alias="WAREHOUSE_DATABASE_URL", description="Where the pipeline's own tables are written.",
+        json_schema_extra=_derived("same as DATABASE_URL"),
+    )
+    etl_interval_minutes: int = Field(
+        15, alias="ETL_INTERVAL_MINUTES", ge=1, le=1440, description="Minutes between ETL schedule ticks."
+    )
+    heatmap_interval_minutes: int = Field(
+        30, alias="HEATMAP_INTERVAL_MINUTES", ge=1, le=1440, description="Minutes between heatmap schedule ticks."
+    )
+    heatmap_levels: Names = Field(
+        "1,2,3", alias="HEATMAP_LEVELS", description="Comma-separated level names; the static `level` partitions."
+    )
+    configured_default_level: str | None = Field(
+        None, alias="HEATMAP_DEFAULT_LEVEL", description="Level given to position events whose payload names none.",
+        json_schema_extra=_derived("first of HEATMAP_LEVELS"),
+    )
+    heatmap_grid_size: int = Field(
+        50, alias="HEATMAP_GRID_SIZE", ge=2, le=1000, description="Cells per axis of every heatmap."
+    )
+    heatmap_bounds: LevelBounds = Field(
+        default_factory=dict, alias="HEATMAP_BOUNDS",
+        description='Fixed world bounds per level, JSON: {"1": [xmin, xmax, ymin, ymax]}.',
+        json_schema_extra=_derived("(none: each day's own min/max)"),
+    )
+    partition_start_date: dt.date = Field(
+        "2025-01-01", alias="PARTITION_START_DATE", description="First daily partition (YYYY-MM-DD, UTC)."
+    )
+    position_event_types: NameSet = Field(
+        "move,position", alias="POSITION_EVENT_TYPES", description="event_type values that must carry x and y."
+    )
+    future_tolerance_minutes: float = Field(
+        10, alias="FUTURE_TOLERANCE_MINUTES", ge=0, le=525600, allow_inf_nan=False,
+        description="Minutes an event may be stamped after its created_at (or the run's clock) before it is quarantined.",
+    )
+    max_payload_bytes: int = Field(
+        65536, alias="MAX_PAYLOAD_BYTES", ge=64, le=64 * 1024 * 1024,
+        description="Payloads larger than this are quarantined.",
+    )
+    etl_chunk_size: int = Field(
+        50000, alias="ETL_CHUNK_SIZE", ge=100, le=1_000_000,
+        description="Rows per chunk when streaming events between databases.",
+    )
+    db_retry_max_retries: int = Field(
+        3, alias="DB_RETRY_MAX_RETRIES", ge=0, le=10,
+        description="Retries of an asset step after a transient database error.",
+    )
+    db_retry_delay_seconds: float = Field(
+        10, alias="DB_RETRY_DELAY_SECONDS", ge=0, le=3600, allow_inf_nan=False,
+        description="First retry delay in seconds, doubled at each retry.",
+    )
+    admin_api_keys: Names = Field(
+        (), alias="ADMIN_API_KEY", repr=False,  # keys never reach logs
+        description="One key or a comma-separated list (rotation) for the admin API and the UI.",
+        json_schema_extra=_derived("(none: admin endpoint answers 503)"),
+    )
+    admin_host: str = Field(
+        "127.0.0.1", alias="ADMIN_HOST", description="Interface the admin API (POST /admin/run-jobs) listens on."
+    )
+    admin_port: int = Field(8000, alias="ADMIN_PORT", ge=1, le=65535, description="Port of the admin API.")
+    dagster_ui_port: int = Field(
+        3000, alias="DAGSTER_UI_PORT", ge=1, le=65535,
+        description="Port of the authenticated Dagster webserver started by `heatmap-pipeline dev`.",
+    )
+    configured_graphql_url: str | None = Field(
+        None, alias="DAGSTER_GRAPHQL_URL", description="Dagster GraphQL endpoint the admin API launches runs through.",
+        json_schema_extra=_derived("http://127.0.0.1:$DAGSTER_UI_PORT/graphql"),
+    )
+    admin_wait_timeout_seconds: float = Field(
+        600, alias="ADMIN_WAIT_TIMEOUT_SECONDS", ge=1, le=86400, allow_inf_nan=False,
+        description="How long POST /admin/run-jobs waits for its runs before answering 202.",
+    )
+    admin_sensor_interval_seconds: int = Field(
+        10, alias="ADMIN_SENSOR_INTERVAL_SECONDS", ge=1, le=3600,
+        description="Minimum seconds between admin_trigger_sensor ticks.",
+    )
+    dagster_ui_anonymous_read_only: bool = Field(
+        False, alias="DAGSTER_UI_ANONYMOUS_READ_ONLY",
+        description="true: the Dagster UI is readable without a key (launches still need one).",
+    )
+    home: Path = Field(
+        "./.heatmap_pipeline", alias="HEATMAP_PIPELINE_HOME",
+        description="Data directory of the embedded default (SQLite file, DAGSTER_HOME).",
+    )
+    configured_dagster_home: Path | None = Field(
+        None, alias="DAGSTER_HOME",
+        description="Dagster's instance directory (runs, schedule and sensor ticks, logs; its dagster.yaml).",
+        json_schema_extra=_derived("$HEATMAP_PIPELINE_HOME/dagster_home"),
+    )
+
+    # --- parsing: our validators raise SettingsError with the whole message (see _message) ---
+
+    @field_validator("admin_api_keys", "position_event_types", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("heatmap_levels", mode="before")
+    @classmethod
+    def _levels(cls, raw: Any, info: ValidationInfo) -> Any:
+        if not isinstance(raw, str):
+            return raw
+        name = _alias(info)
+        levels = [part.strip() for part in raw.split(",")]
+        if any(not level for level in levels):
+            raise SettingsError(f"{name}={raw!r} must be a comma-separated list of level names, e.g. 1,2,3.")
+        bad = [level for level in levels if not _LEVEL_RE.match(level)]
+        if bad:
+            raise SettingsError(
+                f"{name}={raw!r}: level names may only use letters, digits, '_', '.', '-' (bad: {', '.join(bad)})."
+            )
+        if len(set(levels)) != len(levels):
+            raise SettingsError(f"{name}={raw!r} lists a level twice.")
+        return tuple(levels)
+
+    @field_validator("heatmap_bounds", mode="before")
+    @classmethod
+    def _bounds(cls, raw: Any, info: ValidationInfo) -> Any:
+        if not isinstance(raw, str):
+            return raw
+        name = _alias(info)
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f'{name} is not valid JSON ({exc.msg}); expected {{"1": [xmin, xmax, ymin, ymax], ...}}.') from None
+        if not isinstance(data, dict):
+            raise SettingsError(f'{name} must be a JSON object like {{"1": [xmin, xmax, ymin, ymax]}}.')
+        result: dict[str, GridBounds] = {}
+        for level, values in data.items():
+            ok = (
+                isinstance(values, list)
+                and len(values) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+            )
+            if not ok:
+                raise SettingsError(f"{name} for level {level!r} must be four finite numbers [xmin, xmax, ymin, ymax], got {values!r}.")
+            bounds = GridBounds(*(float(v) for v in values))
+            if not (bounds.x_min < bounds.x_max and bounds.y_min < bounds.y_max):
+                raise SettingsError(f"{name} for level {level!r} needs xmin < xmax and ymin < ymax, got {values!r}.")
+            result[str(level)] = bounds
+        return result
+
+    @field_validator("database_url", "warehouse_database_url", mode="before")
+    @classmethod
+    def _database_url(cls, raw: Any, info: ValidationInfo) -> Any:
+        from heatmap_pipeline.warehouse.db import normalize_database_url  # local import keeps settings import-light
+
+        if not isinstance(raw, str):
+            return raw
+        try:
+            return normalize_database_url(raw)
+        except ValueError as exc:  # the message never echoes the URL, which may hold a password
+            raise SettingsError(f"{_alias(info)}: {exc}") from None
+
+    @field_validator("configured_graphql_url", mode="before")
+    @classmethod
+    def _graphql_url(cls, raw: Any, info: ValidationInfo) -> Any:
+        if not isinstance(raw, str):
+            return raw
+        name, parts = _alias(info), urlsplit(raw)
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} has an invalid port; expected e.g. http://127.0.0.1:3000/graphql.") from None
+        if parts.username or parts.password:  # do not echo a password back
+            raise SettingsError(f"{name} must not hold credentials; the admin API authenticates with ADMIN_API_KEY.")
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise SettingsError(f"{name}={raw!r} is not an http(s) URL; expected e.g. http://127.0.0.1:3000/graphql.")
+        return raw
+
+    # Defined last on purpose: pydantic runs "before" validators from the last defined to the first,
+    # so every field validator above receives the value stripped, and never an empty one.
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                raise PydanticUseDefault()
+        return value
+
+    @model_validator(mode="after")
+    def _levels_agree(self) -> Settings:
+        levels = ",".join(self.heatmap_levels)
+        if self.heatmap_default_level not in self.heatmap_levels:
+            raise SettingsError(f"HEATMAP_DEFAULT_LEVEL={self.heatmap_default_level!r} is not one of HEATMAP_LEVELS ({levels}).")
+        for level in self.heatmap_bounds:
+            if level not in self.heatmap_levels:
+                raise SettingsError(f"HEATMAP_BOUNDS names level {level!r}, which is not in HEATMAP_LEVELS ({levels}).")
+        return self
+
+    # --- values derived from others: what applies when the variable is unset ---
+
+    @property
+    def heatmap_default_level(self) -> str:
+        return self.configured_default_level or self.heatmap_levels[0]
+
+    @property
+    def dagster_graphql_url(self) -> str:
+        return self.configured_graphql_url or f"http://127.0.0.1:{self.dagster_ui_port}/graphql"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.configured_dagster_home or self.home / "dagster_home"
 
     @property
     def demo_mode(self) -> bool:
@@ -109,158 +291,105 @@ class Settings:
         return self.warehouse_database_url or self.source_url
 
 
-def _interval(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+class _GivenSettings(Settings):
+    """Settings from the values passed to the constructor alone: no environment, no .env file."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_other_sources):
+        return (init_settings,)
+
+    def __repr_name__(self) -> str:
+        return "Settings"
+
+
+def _alias(info: ValidationInfo) -> str:
+    return Settings.model_fields[info.field_name].alias
+
+
+def _field(name: str) -> FieldInfo | None:
+    return next((f for f in Settings.model_fields.values() if f.alias == name), None)
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _range(field: FieldInfo) -> tuple[str, str] | None:
+    """The field's allowed range (ge, le), as the user would write it, if it has one."""
+    lo = next((m.ge for m in field.metadata if isinstance(m, annotated_types.Ge)), None)
+    hi = next((m.le for m in field.metadata if isinstance(m, annotated_types.Le)), None)
+    return None if lo is None or hi is None else (_plain(lo), _plain(hi))
+
+
+def _message(error: dict) -> str:
+    """One pydantic error as a sentence naming the variable, the value and what is allowed."""
+    if isinstance(cause := (error.get("ctx") or {}).get("error"), SettingsError):
+        return str(cause)  # our own validators wrote the whole message
+    name = str(error["loc"][0]) if error["loc"] else "settings"
+    field, raw, kind = _field(name), error["input"], error["type"]
+    default = _plain(field.default) if field is not None else "?"
+    bounds = _range(field) if field is not None else None
+    allowed = f"{bounds[0]} to {bounds[1]}" if bounds else "any value"
+    if kind.startswith("int_"):
+        return f"{name}={raw!r} is not a number; use a whole number, {allowed} (default {default})."
+    if kind.startswith("float_"):
+        return f"{name}={raw!r} is not a number; use {allowed} (default {default})."
+    if kind in ("greater_than_equal", "less_than_equal", "finite_number"):
+        return f"{name}={raw!r} is out of range; use {allowed} (default {default})."
+    if kind.startswith("bool_"):
+        return f"{name}={raw!r} is not a boolean; use true or false (default {default})."
+    if kind.startswith("date_"):
+        return f"{name}={raw!r} is not a date; use YYYY-MM-DD (default {default})."
+    return f"{name}={raw!r}: {error['msg']}."
+
+
+def load_settings(env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting; raise SettingsError naming each bad variable.
+
+    Without ``env``: the environment, then the ``.env`` file in the working directory. With
+    ``env``: that mapping alone (tests, or an environment being prepared for a child process).
+    ``overrides`` (variable name -> value, e.g. a command-line ``--data-dir``) win over both.
+    """
+    values = {**(env or {}), **(overrides or {})}
     try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a whole number of minutes; use 1 to 1440 (default {default}).") from None
-    if not 1 <= value <= 1440:
-        raise SettingsError(f"{name}={raw!r} is out of range; use 1 to 1440 minutes (default {default}).")
-    return value
+        return Settings(**(overrides or {})) if env is None else _GivenSettings(**values)
+    except ValidationError as exc:
+        raise SettingsError("\n".join(_message(error) for error in exc.errors())) from None
 
 
-def _number(env: Mapping[str, str], name: str, default, lo, hi, cast=int):
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = cast(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number; use {lo} to {hi} (default {default}).") from None
-    if not (lo <= value <= hi) or (isinstance(value, float) and not math.isfinite(value)):
-        raise SettingsError(f"{name}={raw!r} is out of range; use {lo} to {hi} (default {default}).")
-    return value
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """This process's settings, read once (the code location, the admin API)."""
+    return load_settings()
 
 
-_LEVEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+def child_environment(settings: Settings, **overrides: str) -> dict[str, str]:
+    """The environment for our child processes (and for Dagster in this one, see export_environment).
+
+    The ``.env`` file's variables, then this process's environment over them, the data directory
+    and DAGSTER_HOME of ``settings`` made absolute (a child may resolve paths elsewhere), then
+    ``overrides`` (variable name -> value).
+    """
+    env_file = Settings.model_config["env_file"]
+    from_file = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if Path(env_file).is_file() else {}
+    return {
+        **from_file,
+        **os.environ,
+        "HEATMAP_PIPELINE_HOME": str(settings.home.resolve()),
+        "DAGSTER_HOME": str(settings.dagster_home.resolve()),
+        **overrides,
+    }
 
 
-def parse_levels(raw: str, name: str = "HEATMAP_LEVELS") -> tuple[str, ...]:
-    levels = [part.strip() for part in raw.split(",")]
-    if not raw.strip() or any(not level for level in levels):
-        raise SettingsError(f"{name}={raw!r} must be a comma-separated list of level names, e.g. 1,2,3.")
-    bad = [level for level in levels if not _LEVEL_RE.match(level)]
-    if bad:
-        raise SettingsError(f"{name}={raw!r}: level names may only use letters, digits, '_', '.', '-' (bad: {', '.join(bad)}).")
-    if len(set(levels)) != len(levels):
-        raise SettingsError(f"{name}={raw!r} lists a level twice.")
-    return tuple(levels)
+def export_environment(env: Mapping[str, str]) -> None:
+    """Make ``env`` (from child_environment) this process's environment as well.
 
-
-def parse_bounds(raw: str, levels: tuple[str, ...]) -> dict[str, Bounds]:
-    name = "HEATMAP_BOUNDS"
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise SettingsError(f'{name} is not valid JSON ({exc.msg}); expected {{"1": [xmin, xmax, ymin, ymax], ...}}.') from None
-    if not isinstance(data, dict):
-        raise SettingsError(f'{name} must be a JSON object like {{"1": [xmin, xmax, ymin, ymax]}}.')
-    result: dict[str, Bounds] = {}
-    for level, values in data.items():
-        level = str(level)
-        if level not in levels:
-            raise SettingsError(f"{name} names level {level!r}, which is not in HEATMAP_LEVELS ({','.join(levels)}).")
-        ok = (
-            isinstance(values, list)
-            and len(values) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
-        )
-        if not ok:
-            raise SettingsError(f"{name} for level {level!r} must be four finite numbers [xmin, xmax, ymin, ymax], got {values!r}.")
-        x_min, x_max, y_min, y_max = (float(v) for v in values)
-        if not (x_min < x_max and y_min < y_max):
-            raise SettingsError(f"{name} for level {level!r} needs xmin < xmax and ymin < ymax, got {values!r}.")
-        result[level] = Bounds(x_min, x_max, y_min, y_max)
-    return result
-
-
-def _database_url(env: Mapping[str, str], name: str) -> str | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    from heatmap_pipeline.warehouse.db import normalize_database_url  # local import keeps settings import-light
-
-    try:
-        return normalize_database_url(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name}: {exc}") from None
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{name}={raw!r} is not a boolean; use true or false (default {str(default).lower()}).")
-
-
-def _graphql_url(env: Mapping[str, str], ui_port: int) -> str:
-    name = "DAGSTER_GRAPHQL_URL"
-    raw = env.get(name, "").strip()
-    if not raw:
-        return f"http://127.0.0.1:{ui_port}/graphql"
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(raw)
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} has an invalid port; expected e.g. http://127.0.0.1:3000/graphql.") from None
-    if parts.username or parts.password:  # do not echo a password back
-        raise SettingsError(f"{name} must not hold credentials; the admin API authenticates with ADMIN_API_KEY.")
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
-        raise SettingsError(f"{name}={raw!r} is not an http(s) URL; expected e.g. http://127.0.0.1:3000/graphql.")
-    return raw
-
-
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate every setting; raise SettingsError naming the first bad variable."""
-    env = os.environ if env is None else env
-    levels = parse_levels(env.get("HEATMAP_LEVELS", "1,2,3") or "1,2,3")
-    default_level = env.get("HEATMAP_DEFAULT_LEVEL", "").strip() or levels[0]
-    if default_level not in levels:
-        raise SettingsError(f"HEATMAP_DEFAULT_LEVEL={default_level!r} is not one of HEATMAP_LEVELS ({','.join(levels)}).")
-    raw_start = env.get("PARTITION_START_DATE", "").strip() or "2025-01-01"
-    try:
-        start = dt.date.fromisoformat(raw_start)
-    except ValueError:
-        raise SettingsError(f"PARTITION_START_DATE={raw_start!r} is not a date; use YYYY-MM-DD (default 2025-01-01).") from None
-    position_types = frozenset(
-        part.strip() for part in (env.get("POSITION_EVENT_TYPES") or "move,position").split(",") if part.strip()
-    )
-    keys = tuple(k.strip() for k in env.get("ADMIN_API_KEY", "").split(",") if k.strip())
-    ui_port = _number(env, "DAGSTER_UI_PORT", 3000, 1, 65535)
-    return Settings(
-        database_url=_database_url(env, "DATABASE_URL"),
-        warehouse_database_url=_database_url(env, "WAREHOUSE_DATABASE_URL"),
-        etl_interval_minutes=_interval(env, "ETL_INTERVAL_MINUTES", 15),
-        heatmap_interval_minutes=_interval(env, "HEATMAP_INTERVAL_MINUTES", 30),
-        heatmap_levels=levels,
-        heatmap_default_level=default_level,
-        heatmap_grid_size=_number(env, "HEATMAP_GRID_SIZE", 50, 2, 1000),
-        heatmap_bounds=parse_bounds(env.get("HEATMAP_BOUNDS", ""), levels),
-        partition_start_date=start,
-        position_event_types=position_types,
-        future_tolerance_minutes=_number(env, "FUTURE_TOLERANCE_MINUTES", 10.0, 0.0, 525600.0, float),
-        max_payload_bytes=_number(env, "MAX_PAYLOAD_BYTES", 65536, 64, 64 * 1024 * 1024),
-        etl_chunk_size=_number(env, "ETL_CHUNK_SIZE", 50000, 100, 1_000_000),
-        db_retry_max_retries=_number(env, "DB_RETRY_MAX_RETRIES", 3, 0, 10),
-        db_retry_delay_seconds=_number(env, "DB_RETRY_DELAY_SECONDS", 10.0, 0.0, 3600.0, float),
-        admin_api_keys=keys,
-        admin_host=env.get("ADMIN_HOST", "").strip() or "127.0.0.1",
-        admin_port=_number(env, "ADMIN_PORT", 8000, 1, 65535),
-        dagster_ui_port=ui_port,
-        dagster_graphql_url=_graphql_url(env, ui_port),
-        admin_wait_timeout_seconds=_number(env, "ADMIN_WAIT_TIMEOUT_SECONDS", 600.0, 1.0, 86400.0, float),
-        admin_sensor_interval_seconds=_number(env, "ADMIN_SENSOR_INTERVAL_SECONDS", 10, 1, 3600),
-        dagster_ui_anonymous_read_only=_flag(env, "DAGSTER_UI_ANONYMOUS_READ_ONLY", False),
-        home=Path(env.get("HEATMAP_PIPELINE_HOME", "").strip() or ".heatmap_pipeline"),
-    )
+    Dagster reads DAGSTER_HOME, and the resources' EnvVar("DATABASE_URL"), from ``os.environ`` of
+    the process that runs the code, so a variable set only in ``.env`` must be put there.
+    """
+    os.environ.update(env)
+    get_settings.cache_clear()  # the environment it was read from has changed

@@ -47,6 +47,16 @@ def require_postgres() -> None:
         pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def fresh_settings():
+    """get_settings() caches the environment it read; tests change the environment (monkeypatch)."""
+    from heatmap_pipeline.settings import get_settings
+
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'game.sqlite'}"

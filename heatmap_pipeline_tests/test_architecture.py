@@ -105,7 +105,6 @@ def reads_environment(tree: ast.AST) -> list[int]:
     return lines
 
 
-@pytest.mark.xfail(strict=True, reason="in progress: runtime/cli.py still reads os.environ")
 def test_only_the_settings_module_reads_the_environment():
     offenders = {
         name: lines

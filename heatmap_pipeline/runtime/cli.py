@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import secrets
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from heatmap_pipeline.settings import SettingsError, load_settings
+from heatmap_pipeline.settings import Settings, SettingsError, child_environment, export_environment, load_settings
 
 
 def _fail(message: str) -> None:
@@ -20,23 +19,21 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def prepare_environment(data_dir: str | None, demo_data: bool = True) -> dict[str, str]:
-    """Validate settings, create the data directory and DAGSTER_HOME; return the child environment."""
-    env = dict(os.environ)
-    if data_dir:
-        env["HEATMAP_PIPELINE_HOME"] = data_dir
-    env.setdefault("HEATMAP_PIPELINE_HOME", str(Path(".heatmap_pipeline").resolve()))
-    env["HEATMAP_PIPELINE_HOME"] = str(Path(env["HEATMAP_PIPELINE_HOME"]).resolve())
+def prepare_environment(data_dir: str | None, demo_data: bool = True) -> Settings:
+    """Validate settings, create the data directory and DAGSTER_HOME, top up the demo data.
+
+    The settings returned are read from the child environment (``child_environment``), so this
+    process sees what its children will see, with the data directory and DAGSTER_HOME absolute.
+    """
+    overrides = {"HEATMAP_PIPELINE_HOME": data_dir} if data_dir else None
     try:
-        settings = load_settings(env)
+        settings = load_settings(child_environment(load_settings(overrides=overrides)))
     except SettingsError as exc:
         _fail(str(exc))
     from heatmap_pipeline.runtime.instance import prepare_dagster_home
 
-    home = Path(env["HEATMAP_PIPELINE_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    env.setdefault("DAGSTER_HOME", str(home / "dagster_home"))
-    prepare_dagster_home(Path(env["DAGSTER_HOME"]))
+    settings.home.mkdir(parents=True, exist_ok=True)
+    prepare_dagster_home(settings.dagster_home)
     if settings.demo_mode and demo_data:
         from heatmap_pipeline.runtime import demo
         from heatmap_pipeline.warehouse.db import get_engine
@@ -47,7 +44,7 @@ def prepare_environment(data_dir: str | None, demo_data: bool = True) -> dict[st
             f"{settings.demo_database_path} ({inserted} new events). Set DATABASE_URL to use a real game database.",
             flush=True,
         )
-    return env
+    return settings
 
 
 WORKSPACE_YAML = """\
@@ -111,23 +108,23 @@ def _interrupt(_signum, _frame):
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """The daemon (schedules, sensors, run queue), the authenticated webserver and the admin API."""
-    env = prepare_environment(args.data_dir)
-    settings = load_settings(env)
+    settings = prepare_environment(args.data_dir)
     from heatmap_pipeline.warehouse.db import get_engine
     from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
 
     ensure_warehouse_schema(get_engine(settings.warehouse_url))  # once, before the three processes start
     ui_port = args.port or settings.dagster_ui_port
     admin_port = args.admin_port or settings.admin_port
-    if not env.get("DAGSTER_GRAPHQL_URL", "").strip():
-        env["DAGSTER_GRAPHQL_URL"] = f"http://{_loopback(args.host)}:{ui_port}/graphql"
-    workspace = write_workspace(Path(env["HEATMAP_PIPELINE_HOME"]))
-    create_instance_storage(env["DAGSTER_HOME"])
+    overrides = {}  # for the children
+    if settings.configured_graphql_url is None:
+        overrides["DAGSTER_GRAPHQL_URL"] = f"http://{_loopback(args.host)}:{ui_port}/graphql"
+    workspace = write_workspace(settings.home)
+    create_instance_storage(str(settings.dagster_home))
     if not settings.admin_api_keys and settings.demo_mode:
         # The embedded default must open in a browser, but there is no built-in key: generate one
         # per data directory, unguessable, and say where it is.
-        key_file = Path(env["HEATMAP_PIPELINE_HOME"]) / "admin_api_key"
-        env["ADMIN_API_KEY"] = demo_api_key(key_file)
+        key_file = settings.home / "admin_api_key"
+        overrides["ADMIN_API_KEY"] = demo_api_key(key_file)
         print(f"heatmap-pipeline: ADMIN_API_KEY is not set; the embedded demo uses a generated key stored in {key_file}.\n"
               f"  Log in to the UI with any user name and that key as password, and send it as x-api-key to the admin API:\n"
               f"  export ADMIN_API_KEY=$(cat {key_file})", flush=True)
@@ -137,15 +134,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
     me = [sys.executable, "-m", "heatmap_pipeline.runtime.cli"]
     commands = {
         "dagster-daemon": [sys.executable, "-m", "dagster._daemon", "run", "-w", str(workspace)],
-        "webserver": [*me, "webserver", "--host", args.host, "--port", str(ui_port), "--data-dir", env["HEATMAP_PIPELINE_HOME"]],
+        "webserver": [*me, "webserver", "--host", args.host, "--port", str(ui_port), "--data-dir", str(settings.home)],
         "admin API": [*me, "admin", "--host", args.admin_host or settings.admin_host, "--port", str(admin_port),
-                      "--data-dir", env["HEATMAP_PIPELINE_HOME"]],
+                      "--data-dir", str(settings.home)],
     }
-    print(f"heatmap-pipeline: DAGSTER_HOME={env['DAGSTER_HOME']}; Dagster UI http://{args.host}:{ui_port}; "
+    print(f"heatmap-pipeline: DAGSTER_HOME={settings.dagster_home}; Dagster UI http://{args.host}:{ui_port}; "
           f"admin API http://{args.admin_host or settings.admin_host}:{admin_port}/admin/run-jobs (docs at /docs)", flush=True)
     # Stop the three children on Ctrl-C and on SIGTERM (a service manager), even if started in the background.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
+    env = child_environment(settings, **overrides)
     processes = {name: subprocess.Popen(command, env=env) for name, command in commands.items()}
     try:
         while True:
@@ -177,14 +175,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_webserver(args: argparse.Namespace) -> int:
     """The Dagster webserver alone, behind the API-key check."""
-    env = prepare_environment(args.data_dir, demo_data=False)
-    os.environ.update(env)
-    settings = load_settings()
+    settings = prepare_environment(args.data_dir, demo_data=False)
+    export_environment(child_environment(settings))  # Dagster's instance and code location read it
     from heatmap_pipeline.web.webserver import serve_webserver
 
     try:
         serve_webserver(
-            write_workspace(Path(env["HEATMAP_PIPELINE_HOME"])), args.host, args.port or settings.dagster_ui_port,
+            write_workspace(settings.home), args.host, args.port or settings.dagster_ui_port,
             settings.admin_api_keys, settings.dagster_ui_anonymous_read_only,
         )
     except KeyboardInterrupt:
@@ -194,9 +191,7 @@ def cmd_webserver(args: argparse.Namespace) -> int:
 
 def cmd_admin(args: argparse.Namespace) -> int:
     """The admin API alone (POST /admin/run-jobs); it launches runs through DAGSTER_GRAPHQL_URL."""
-    env = prepare_environment(args.data_dir, demo_data=False)
-    os.environ.update(env)
-    settings = load_settings()
+    settings = prepare_environment(args.data_dir, demo_data=False)
     import logging
 
     import uvicorn
@@ -224,13 +219,13 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     """Materialize a date range in this process, recorded in the instance so the UI shows the runs."""
-    env = prepare_environment(args.data_dir)
-    os.environ.update(env)
+    settings = prepare_environment(args.data_dir)
+    # The runs execute here: Dagster reads DAGSTER_HOME, and the resources EnvVar("DATABASE_URL"), from os.environ.
+    export_environment(child_environment(settings))
     import dagster as dg
 
     from heatmap_pipeline.definitions import build_definitions
 
-    settings = load_settings()
     defs = build_definitions(settings)
     start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
     if end < start:

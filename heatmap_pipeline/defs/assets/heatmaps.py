@@ -7,7 +7,6 @@ import dagster as dg
 
 from heatmap_pipeline.defs.assets.common import GROUP, check_result
 from heatmap_pipeline.core.clock import utcnow
-from heatmap_pipeline.core.binning import GridBounds
 from heatmap_pipeline.core.render import render_heatmap_png
 from heatmap_pipeline.defs.resources import WarehouseDatabase
 from heatmap_pipeline.orchestration import (
@@ -20,11 +19,6 @@ from heatmap_pipeline.orchestration import (
 from heatmap_pipeline.settings import Settings
 from heatmap_pipeline.warehouse import invariants
 from heatmap_pipeline.warehouse.heatmaps import compute_heatmap, upsert_heatmap
-
-
-def fixed_bounds(settings: Settings, level: str) -> GridBounds | None:
-    bounds = settings.heatmap_bounds.get(level)
-    return GridBounds(*bounds.as_list()) if bounds else None
 
 
 def png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
@@ -46,7 +40,7 @@ def build_level_heatmaps_asset(settings: Settings, partitions: dg.MultiPartition
     def level_heatmaps(context: dg.AssetExecutionContext, warehouse: WarehouseDatabase) -> dg.MaterializeResult:
         keys = context.partition_key.keys_by_dimension
         day, level = dt.date.fromisoformat(keys["date"]), keys["level"]
-        result = compute_heatmap(warehouse.engine(), day, level, settings.heatmap_grid_size, fixed_bounds(settings, level))
+        result = compute_heatmap(warehouse.engine(), day, level, settings.heatmap_grid_size, settings.heatmap_bounds.get(level))
         upsert_heatmap(warehouse.engine(), result, utcnow())
         summary = result.summary
         bounds = result.bounds.as_list() if result.bounds else None
@@ -103,7 +97,7 @@ def build_level_heatmaps_checks(
                     dt.date.fromisoformat(day),
                     level,
                     settings.heatmap_grid_size,
-                    fixed_bounds(settings, level),
+                    settings.heatmap_bounds.get(level),
                     utc_from_timestamp(upstream.timestamp) if upstream else None,
                 )
             ]
