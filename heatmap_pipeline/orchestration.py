@@ -49,6 +49,9 @@ REQUEST_TAG = "heatmap_pipeline/admin_request"  # the admin_trigger_requests id
 REQUESTER_TAG = "heatmap_pipeline/requester"  # client address of the admin request
 LATE_ROWS_TAG = "heatmap_pipeline/late_rows"
 SOURCE_RUN_TAG = "heatmap_pipeline/after_run"
+# The header that carries an API key (ADMIN_API_KEY): the authenticated Dagster webserver and the
+# admin API read it, and the admin API's GraphQL client sends it to the webserver.
+API_KEY_HEADER = "x-api-key"
 
 # --- run statuses --------------------------------------------------------------------------------
 # A run in one of these has not ended: a new request for its job and partition shares it.

@@ -6,6 +6,10 @@ recorded and stay pending for admin_trigger_sensor. Launching real runs is test_
 
 import datetime as dt
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -175,3 +179,92 @@ def test_openapi_schema_documents_the_endpoint(api):
     assert {"200", "202", "401", "422", "503"} <= set(operation["responses"])
     assert "RunJobsResponse" in schema["components"]["schemas"]
     assert "/admin/run-jobs/{request_id}" in schema["paths"]
+
+
+def test_openapi_body_schema_is_the_validating_model_with_this_deployments_levels(api):
+    schema = httpx.get(f"{api}/openapi.json").json()
+    body = schema["paths"]["/admin/run-jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["additionalProperties"] is False  # unknown fields are refused (422)
+
+    def array(name):
+        [option] = [o for o in body["properties"][name]["anyOf"] if o.get("type") == "array"]
+        return option
+
+    assert array("tasks")["items"]["enum"] == ["etl", "heatmap"] and array("tasks")["minItems"] == 1
+    assert array("levels")["items"]["enum"] == ["1", "2", "3"] and array("levels")["minItems"] == 1  # HEATMAP_LEVELS
+    [date] = [o for o in body["properties"]["date"]["anyOf"] if o.get("type") == "string"]
+    assert date["format"] == "date" and date["pattern"] == r"^\d{4}-\d{2}-\d{2}$"
+    assert "2025-01-01" in body["properties"]["date"]["description"]  # PARTITION_START_DATE
+    # What the schema allows is accepted, and what it forbids is refused, by the same model.
+    assert post(api, b'{"tasks":["heatmap"],"levels":["3"],"date":"2025-01-01"}', path="/admin/run-jobs?wait=false").status_code == 202
+    assert post(api, b'{"levels":[]}').status_code == 422
+
+
+def test_openapi_declares_the_response_model_and_the_key_scheme(api):
+    schema = httpx.get(f"{api}/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["ApiKey"] == {
+        "type": "apiKey", "in": "header", "name": "x-api-key",
+        "description": schema["components"]["securitySchemes"]["ApiKey"]["description"],
+    }
+    for path, method in (("/admin/run-jobs", "post"), ("/admin/run-jobs/{request_id}", "get")):
+        operation = schema["paths"][path][method]
+        assert operation["security"] == [{"ApiKey": []}]
+        for status in ("200", "202"):
+            assert operation["responses"][status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/RunJobsResponse"}
+    response = schema["components"]["schemas"]["RunJobsResponse"]
+    assert {"status", "results", "request_id", "state", "status_url"} <= set(response["required"])
+    assert "error" not in response["required"] and "message" not in response["required"]  # absent when they do not apply
+    assert set(response["properties"]["results"]["items"]["discriminator"]["mapping"]) == {"etl", "heatmap"}
+    assert "/healthz" not in schema["paths"]
+
+
+@pytest.mark.parametrize(
+    "body, path",
+    [
+        (b"tasks=etl", "/admin/run-jobs"),  # would be 400
+        (b'{"levels":["7"]}', "/admin/run-jobs"),  # would be 422
+        (b"{" + b" " * 70000 + b"}", "/admin/run-jobs"),  # would be 413
+        (b"{}", "/admin/run-jobs?wait=maybe"),  # would be 422
+    ],
+)
+def test_without_the_key_nothing_else_of_the_request_is_looked_at(api, settings, body, path):
+    response = post(api, body, key="wrong-key", path=path)
+    assert response.status_code == 401 and response.json() == {"detail": "Unauthorized: invalid API key"}
+    assert rows(settings) == []
+
+
+def test_every_admin_route_depends_on_the_key_check_first(api):
+    from heatmap_pipeline.web.deps import require_api_key
+    from heatmap_pipeline.web.routers import run_jobs
+
+    # Every /admin path the app serves comes from the run-jobs router ...
+    served = {(path, method.upper()) for path, item in httpx.get(f"{api}/openapi.json").json()["paths"].items()
+              if path.startswith("/admin") for method in item}
+    assert served == {(r.path, *r.methods) for r in run_jobs.router.routes}
+    # ... and each of its routes resolves the key check before any other input (query, body, database).
+    for route in run_jobs.router.routes:
+        assert route.dependant.dependencies[0].call is require_api_key, route.path
+
+
+def test_migrations_run_once_at_startup_before_any_request(tmp_path):
+    settings = admin_settings(tmp_path)
+    app = create_app(settings)
+    assert not sa.inspect(get_engine(settings.warehouse_url)).has_table("admin_trigger_requests")  # create_app does not migrate
+    with serve_in_thread(app):
+        assert sa.inspect(get_engine(settings.warehouse_url)).has_table("admin_trigger_requests")
+
+
+def test_an_unreachable_warehouse_stops_the_start_naming_the_variable(tmp_path):
+    env = {"PATH": os.environ["PATH"], "HEATMAP_PIPELINE_HOME": str(tmp_path), "ADMIN_API_KEY": KEY,
+           "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"}  # nothing listens there
+    result = subprocess.run([sys.executable, "-m", "heatmap_pipeline.runtime.cli", "admin", "--port", str(free_port())],
+                            env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0  # uvicorn exits when the lifespan's startup fails
+    assert "cannot create or migrate the warehouse tables" in result.stderr and "WAREHOUSE_DATABASE_URL" in result.stderr
+
+
+def test_shutdown_closes_the_dagster_client(settings):
+    app = create_app(settings)
+    with serve_in_thread(app):
+        assert not app.state.dagster._http.is_closed
+    assert app.state.dagster._http.is_closed

@@ -4,12 +4,17 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from heatmap_pipeline.trigger.results import request_body
+from heatmap_pipeline.trigger.results import request_answer
 from heatmap_pipeline.trigger.store import TriggerRequest
 from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
 from heatmap_pipeline.warehouse.tables import heatmaps
 
 DAY = dt.date(2025, 11, 16)
+
+
+def request_body(engine, request: TriggerRequest) -> dict:
+    """The answer as the admin API sends it (response_model_exclude_unset=True)."""
+    return request_answer(engine, request).model_dump(mode="json", exclude_unset=True)
 
 
 def warehouse(tmp_path):

@@ -133,3 +133,8 @@ def test_the_warehouse_knows_no_dagster(name):
 @pytest.mark.parametrize("name", sorted(m for m in MODULES if m.split(".")[1:2] == ["trigger"]))
 def test_the_trigger_state_machine_knows_no_http_framework(name):
     assert not [i for i in imports_of(name) if i.split(".")[0] in ("fastapi", "starlette", "uvicorn")]
+
+
+@pytest.mark.parametrize("name", sorted(m for m in MODULES if m.split(".")[1:2] == ["trigger"]))
+def test_the_trigger_state_machine_does_not_import_the_web_app(name):
+    assert not [m for m in GRAPH[name] if m.startswith("heatmap_pipeline.web")]

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import httpx
 
-from heatmap_pipeline.orchestration import IN_FLIGHT_NAMES, PARTITION_TAG
-from heatmap_pipeline.web.auth import API_KEY_HEADER
+from heatmap_pipeline.orchestration import API_KEY_HEADER, IN_FLIGHT_NAMES, PARTITION_TAG
 
 
 _REPOSITORIES = """

@@ -22,6 +22,7 @@ from heatmap_pipeline.settings import Settings
 
 log = logging.getLogger("heatmap_pipeline.admin")
 ENDPOINT = "admin_api"
+BACKGROUND_DRIVE_SECONDS = 6 * 3600  # after that, admin_trigger_sensor alone moves the request on
 # One launch at a time in this process: two requests for the same partition arriving together
 # must see each other's run (checked, then launched, under this lock) and share it.
 _launch_lock = threading.Lock()
@@ -116,3 +117,46 @@ def drive_until_finished(
             return request
         # Still pending after drive() means Dagster was unreachable: retry less often.
         stop.wait(min(unreachable_poll if request.state == "pending" else poll, remaining))
+
+
+class RequestDrivers:
+    """Drives the admin API's requests: in the caller's thread while it waits for the answer, then
+    in a background thread until the request finishes or ``background_seconds`` pass.
+
+    ``stop`` is set at shutdown: waiting callers answer at once and background drivers stop after
+    their current step, so no claim is left half-done by a dying process.
+    """
+
+    def __init__(self, engine: sa.Engine, settings: Settings, dagster: DagsterGraphQL, stop: threading.Event,
+                 background_seconds: float = BACKGROUND_DRIVE_SECONDS):
+        self.engine, self.settings, self.dagster, self.stop = engine, settings, dagster, stop
+        self.background_seconds = background_seconds
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+
+    def drive(self, request_id: str, wait_seconds: float) -> TriggerRequest | None:
+        """Drive for up to ``wait_seconds``; an unfinished request goes on in the background. Its latest state."""
+        request = drive_until_finished(self.engine, self.settings, self.dagster, request_id, wait_seconds, self.stop)
+        if request is not None and not request.finished and not self.stop.is_set():
+            self._in_background(request_id)
+        return request
+
+    def _in_background(self, request_id: str) -> None:
+        def run():
+            try:
+                drive_until_finished(self.engine, self.settings, self.dagster, request_id, self.background_seconds, self.stop)
+            finally:
+                with self._lock:
+                    self._threads.discard(threading.current_thread())
+
+        thread = threading.Thread(target=run, name=f"admin-request-{request_id}", daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for each background driver (set ``stop`` first)."""
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout)

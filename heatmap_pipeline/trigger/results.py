@@ -3,19 +3,69 @@
 Old shape, kept: ``{"status": "ok", "results": [{"status": "ok", "job": "etl"}, {"status": "ok",
 "job": "heatmap", "results": [{"level": "1", "date": "2025-11-16", "sum": 30.0}]}]}``.
 Added: request id, state, run ids and Dagster statuses, and ``error`` messages.
+
+The models below are the shape: :func:`request_answer` fills them and the admin API declares them
+as its ``response_model``, serialized without unset fields (an ``error`` or ``message`` that does
+not apply is absent, as it always was; a ``run_id`` not known yet is ``null``, as it always was).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Annotated, Literal
+
 import sqlalchemy as sa
+from pydantic import BaseModel, Field
 
 from heatmap_pipeline.orchestration import FAILED, SUCCESS
 from heatmap_pipeline.trigger.store import TriggerRequest
+from heatmap_pipeline.trigger.validation import Task
 from heatmap_pipeline.warehouse.tables import heatmaps
 
+SlotStatus = Literal["ok", "error", "running", "pending", "skipped"]
+_ERROR = "Why the job failed, or that it was skipped; absent while there is nothing to say"
 
 
-def _slot_status(request: TriggerRequest, slot: str, task: str) -> str:
+class HeatmapLevelResult(BaseModel):
+    level: str
+    date: dt.date
+    sum: float | None = Field(description="Total count of the heatmap, once its run succeeded")
+    run_id: str | None
+    status: SlotStatus
+    dagster_status: str | None = Field(description="The run's last Dagster status seen (SUCCESS, FAILURE, ...)")
+
+
+class EtlResult(BaseModel):
+    status: SlotStatus
+    job: Literal["etl"]
+    run_id: str | None
+    date: dt.date
+    dagster_status: str | None
+    error: str | None = Field(None, description=_ERROR)
+
+
+class HeatmapResult(BaseModel):
+    status: SlotStatus = Field(description="The worst status of its levels")
+    job: Literal["heatmap"]
+    results: list[HeatmapLevelResult] = Field(description="One entry per level")
+    error: str | None = Field(None, description=_ERROR)
+
+
+class RunJobsResponse(BaseModel):
+    status: Literal["ok", "error", "running", "pending"] = Field(description="error: some run failed or could not be launched")
+    request_id: str
+    state: str = Field(description="pending, launching, launched (the current stage's runs), done or error")
+    tasks: list[Task]
+    levels: list[str]
+    date: dt.date
+    run_ids: dict[str, str] = Field(description='Run id of each slot: "etl", "heatmap:<level>"')
+    results: list[Annotated[EtlResult | HeatmapResult, Field(discriminator="job")]] = Field(description="One entry per task, in run order")
+    status_url: str
+    error: str | None = Field(None, description="Why the request failed; absent unless it did")
+    message: str | None = Field(None, description="What happens next, while the request has not finished; absent once it has")
+
+
+def _slot_status(request: TriggerRequest, slot: str, task: str) -> SlotStatus:
     """ok | error | running | pending | skipped, for one run slot of the request."""
     status = request.run_statuses.get(slot)
     if status == SUCCESS:
@@ -30,7 +80,7 @@ def _slot_status(request: TriggerRequest, slot: str, task: str) -> str:
     return "pending"
 
 
-def _task_status(statuses: list[str]) -> str:
+def _task_status(statuses: list[SlotStatus]) -> SlotStatus:
     for status in ("error", "running", "pending", "skipped"):
         if status in statuses:
             return status
@@ -47,45 +97,35 @@ def heatmap_sums(engine: sa.Engine, request: TriggerRequest) -> dict[str, float 
     return {level: (float(total) if total is not None else None) for level, total in rows}
 
 
-def request_body(engine: sa.Engine, request: TriggerRequest) -> dict:
-    day = request.date.isoformat()
-    results: list[dict] = []
+def request_answer(engine: sa.Engine, request: TriggerRequest) -> RunJobsResponse:
+    day = request.date
+    results: list[EtlResult | HeatmapResult] = []
     for task in request.tasks:
         if task == "etl":
             status = _slot_status(request, "etl", task)
-            item = {"status": status, "job": "etl", "run_id": request.run_ids.get("etl"), "date": day,
-                    "dagster_status": request.run_statuses.get("etl")}
-            statuses = [status]
+            item = EtlResult(status=status, job="etl", run_id=request.run_ids.get("etl"), date=day,
+                             dagster_status=request.run_statuses.get("etl"))
         else:
-            sums = heatmap_sums(engine, request) if "heatmap" in request.tasks else {}
+            sums = heatmap_sums(engine, request)
             levels = []
             for level in request.levels:
                 slot = f"heatmap:{level}"
                 status = _slot_status(request, slot, task)
-                levels.append({
-                    "level": level, "date": day, "sum": sums.get(level) if status == "ok" else None,
-                    "run_id": request.run_ids.get(slot), "status": status,
-                    "dagster_status": request.run_statuses.get(slot),
-                })
-            statuses = [entry["status"] for entry in levels]
-            item = {"status": _task_status(statuses), "job": "heatmap", "results": levels}
-        if item["status"] == "error" and request.error:
-            item["error"] = request.error
-        elif item["status"] == "skipped":
-            item["error"] = "not run: an earlier task of this request failed"
+                levels.append(HeatmapLevelResult(
+                    level=level, date=day, sum=sums.get(level) if status == "ok" else None,
+                    run_id=request.run_ids.get(slot), status=status, dagster_status=request.run_statuses.get(slot),
+                ))
+            item = HeatmapResult(status=_task_status([entry.status for entry in levels]), job="heatmap", results=levels)
+        if item.status == "error" and request.error:
+            item.error = request.error
+        elif item.status == "skipped":
+            item.error = "not run: an earlier task of this request failed"
         results.append(item)
     overall = {"done": "ok", "error": "error"}.get(request.state, "running" if request.run_ids else "pending")
-    body = {
-        "status": overall,
-        "request_id": request.id,
-        "state": request.state,
-        "tasks": request.tasks,
-        "levels": request.levels,
-        "date": day,
-        "run_ids": request.run_ids,
-        "results": results,
-        "status_url": f"/admin/run-jobs/{request.id}",
-    }
+    answer = RunJobsResponse(
+        status=overall, request_id=request.id, state=request.state, tasks=request.tasks, levels=request.levels,
+        date=day, run_ids=request.run_ids, results=results, status_url=f"/admin/run-jobs/{request.id}",
+    )
     if request.error:
-        body["error"] = request.error
-    return body
+        answer.error = request.error
+    return answer

@@ -1,4 +1,4 @@
-"""API keys: checking them in constant time, HTTP Basic auth and the UI's login cookie. No Dagster here.
+"""API keys: checking them in constant time, HTTP Basic auth and the UI's login cookie. Plain functions of strings.
 
 ``ADMIN_API_KEY`` may hold several keys (rotation): every configured key is compared, always all
 of them, so the time taken does not reveal which one (or how much of one) matched.
@@ -11,7 +11,8 @@ import binascii
 import hashlib
 import hmac
 
-API_KEY_HEADER = "x-api-key"
+from heatmap_pipeline.orchestration import API_KEY_HEADER
+
 UI_COOKIE = "heatmap_pipeline_ui"
 UNAUTHORIZED = "Unauthorized: invalid API key"
 NO_KEY_CONFIGURED = (
