@@ -59,10 +59,10 @@ def test_definitions_snapshot(sqlite_url, monkeypatch):
         },
         "schedules": {
             "etl_schedule": ("*/15 * * * *", "etl_job", "RUNNING"),
-            "heatmap_schedule": ("*/30 * * * *", "heatmap_job", "RUNNING"),
         },
         "sensors": {
             "admin_trigger_sensor": (["etl_job", "heatmap_job"], "RUNNING"),
+            "heatmap_automation_sensor": ([], "RUNNING"),
             "heatmap_refresh_sensor": (["heatmap_job"], "RUNNING"),
             "late_events_sensor": (["etl_job"], "RUNNING"),
         },
