@@ -7,6 +7,7 @@ import dagster as dg
 from heatmap_pipeline.defs.assets.events import build_game_events_asset, build_game_events_checks
 from heatmap_pipeline.defs.assets.heatmaps import build_level_heatmaps_asset, build_level_heatmaps_checks
 from heatmap_pipeline.defs.assets.sessions import build_session_stats_asset, build_session_stats_checks
+from heatmap_pipeline.defs.freshness import build_freshness_checks, build_freshness_job, build_freshness_schedule
 from heatmap_pipeline.defs.jobs import build_etl_job, build_heatmap_job
 from heatmap_pipeline.defs.late_data import build_late_data_sensors
 from heatmap_pipeline.defs.partitions import date_partitions, heatmap_partitions
@@ -35,6 +36,7 @@ def build_resources(settings: Settings) -> dict:
 def build_definitions(settings: Settings) -> dg.Definitions:
     dates, heatmap_keys = date_partitions(settings), heatmap_partitions(settings)
     etl_job, heatmap_job = build_etl_job(dates), build_heatmap_job(heatmap_keys)
+    freshness_job = build_freshness_job()
     return dg.Definitions(
         assets=[
             build_game_events_asset(settings, dates),
@@ -45,9 +47,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             *build_game_events_checks(settings, dates),
             *build_session_stats_checks(dates, db_retry_policy(settings)),
             *build_level_heatmaps_checks(settings, heatmap_keys),
+            build_freshness_checks(settings),
         ],
-        jobs=[etl_job, heatmap_job],
-        schedules=[build_etl_schedule(settings, etl_job)],
+        jobs=[etl_job, heatmap_job, freshness_job],
+        schedules=[build_etl_schedule(settings, etl_job), build_freshness_schedule(settings, freshness_job)],
         sensors=[
             *build_late_data_sensors(settings, etl_job, heatmap_job),
             build_admin_trigger_sensor(settings, etl_job, heatmap_job),

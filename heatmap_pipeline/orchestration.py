@@ -41,6 +41,7 @@ from heatmap_pipeline.warehouse.locks import DatabaseBusy
 ETL_JOB = "etl_job"
 HEATMAP_JOB = "heatmap_job"
 GAME_EVENTS = dg.AssetKey("game_events")
+LEVEL_HEATMAPS = dg.AssetKey("level_heatmaps")
 
 PARTITION_TAG = "dagster/partition"
 PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"

@@ -117,3 +117,58 @@ def test_todays_heatmaps_wait_for_the_etl_after_each_tick(sqlite_url, monkeypatc
     }
     again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=after_etl.cursor)
     assert again.total_requested == 0  # handled for this tick
+
+
+# --- freshness of today's partitions -----------------------------------------------------------------
+from heatmap_pipeline.core.freshness import todays_freshness  # noqa: E402
+
+NOON = dt.datetime(2026, 12, 1, 12, 0)
+
+
+@pytest.mark.parametrize(
+    ("last_update", "fresh", "age"),
+    [
+        (NOON - dt.timedelta(minutes=59), True, 59.0),
+        (NOON - dt.timedelta(minutes=60), True, 60.0),  # exactly twice a 30-minute interval
+        (NOON - dt.timedelta(minutes=61), False, 61.0),
+        (NOON - dt.timedelta(hours=13), False, None),  # yesterday's update does not count for today
+        (None, False, None),
+    ],
+)
+def test_todays_freshness_allows_twice_the_interval(last_update, fresh, age):
+    result = todays_freshness("level_heatmaps 2026-12-01|1", NOON, last_update, 30)
+    assert (result.fresh, result.age_minutes, result.limit_minutes) == (fresh, age, 60)
+    assert ("STALE" in result.description) is (not fresh)
+
+
+def test_nothing_today_just_after_midnight_is_not_stale_yet():
+    just_after = dt.datetime(2026, 12, 1, 0, 20)
+    assert todays_freshness("game_events 2026-12-01", just_after, None, 15).fresh
+    assert not todays_freshness("game_events 2026-12-01", just_after + dt.timedelta(minutes=11), None, 15).fresh
+
+
+def freshness_results(defs, instance) -> dict[str, dg.AssetCheckEvaluation]:
+    result = defs.resolve_job_def("freshness_job").execute_in_process(instance=instance)
+    assert result.success  # a WARN never fails the run
+    return {e.asset_key.to_user_string(): e for e in result.get_asset_check_evaluations()}
+
+
+def test_freshness_checks_warn_until_todays_heatmaps_are_refreshed(sqlite_url, monkeypatch, instance):
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    if now.hour == 0 and now.minute < 65:
+        pytest.skip("within the first hour of the UTC day nothing of today is due yet")
+    today = now.date().isoformat()
+    write_source_events(sqlite_url, old_readme_sample(now.date()))
+    defs = build_defs(monkeypatch, sqlite_url, HEATMAP_LEVELS="1,2",
+                      PARTITION_START_DATE=(now.date() - dt.timedelta(days=2)).isoformat())
+    before = freshness_results(defs, instance)
+    assert not before["game_events"].passed and before["game_events"].severity == dg.AssetCheckSeverity.WARN
+    assert materialize_etl(defs, today, instance).success
+    after_etl = freshness_results(defs, instance)
+    assert after_etl["game_events"].passed
+    assert not after_etl["level_heatmaps"].passed and after_etl["level_heatmaps"].metadata["stale_levels"].value == 2
+    assert materialize_heatmap(defs, today, "1", instance).success
+    one_level = freshness_results(defs, instance)
+    assert one_level["level_heatmaps"].metadata["stale_levels"].value == 1  # level 2 is still missing
+    assert materialize_heatmap(defs, today, "2", instance).success
+    assert freshness_results(defs, instance)["level_heatmaps"].passed
