@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from dataclasses import dataclass
 
 import dagster as dg
 import sqlalchemy as sa
@@ -40,6 +41,7 @@ from heatmap_pipeline.warehouse.locks import DatabaseBusy
 ETL_JOB = "etl_job"
 HEATMAP_JOB = "heatmap_job"
 GAME_EVENTS = dg.AssetKey("game_events")
+LEVEL_HEATMAPS = dg.AssetKey("level_heatmaps")
 
 PARTITION_TAG = "dagster/partition"
 PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -112,6 +114,37 @@ def run_start_of_latest_materialization(
         return None
     run = instance.get_run_record_by_id(record.run_id)
     return utc_from_timestamp(run.start_time if run and run.start_time else record.timestamp)
+
+
+@dataclass(frozen=True)
+class DayLoad:
+    """Whether a day of game_events was loaded, as the UI shows it: the latest materialization and
+    whether the latest attempt failed."""
+
+    day: str
+    state: str  # LOADED, NEVER_LOADED or LAST_LOAD_FAILED
+    run_id: str | None = None  # of the latest successful materialization
+    materialized_at: dt.datetime | None = None  # naive UTC
+
+    @property
+    def loaded(self) -> bool:
+        return self.state == LOADED
+
+
+LOADED, NEVER_LOADED, LAST_LOAD_FAILED = "loaded", "never_loaded", "last_load_failed"
+
+
+def day_load(instance: dg.DagsterInstance, day: str, dates: dg.PartitionsDefinition) -> DayLoad:
+    """The load state of one game_events day. An attempt still running does not hide the last success."""
+    record = latest_materialization(instance, GAME_EVENTS, day)
+    status = (instance.get_status_by_partition(GAME_EVENTS, [day], dates) or {}).get(day)
+    run_id = record.run_id if record else None
+    at = utc_from_timestamp(record.timestamp) if record else None
+    if status == dg.AssetPartitionStatus.FAILED:
+        return DayLoad(day, LAST_LOAD_FAILED, run_id, at)
+    if record is None:
+        return DayLoad(day, NEVER_LOADED)
+    return DayLoad(day, LOADED, run_id, at)
 
 
 # --- retries -------------------------------------------------------------------------------------

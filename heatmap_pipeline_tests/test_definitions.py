@@ -31,7 +31,8 @@ def definitions_snapshot(defs: dg.Definitions) -> dict:
             (spec.asset_key.to_user_string(), spec.name, spec.blocking) for c in defs.asset_checks for spec in c.check_specs
         ),
         "jobs": {
-            name: sorted(defs.resolve_job_def(name).graph.node_names()) for name in ("etl_job", "heatmap_job")
+            name: sorted(defs.resolve_job_def(name).graph.node_names())
+            for name in ("etl_job", "heatmap_job", "freshness_job")
         },
         "schedules": {s.name: (s.cron_schedule, s.job_name, s.default_status.value) for s in repository.schedule_defs},
         "sensors": {s.name: (sorted(t.job_name for t in s.targets), s.default_status.value) for s in repository.sensor_defs},
@@ -48,21 +49,25 @@ def test_definitions_snapshot(sqlite_url, monkeypatch):
         },
         "checks": [
             ("game_events", "rows_reconciled", True),
+            ("game_events", "today_is_fresh", False),
             ("game_events", "unique_event_ids", True),
             ("level_heatmaps", "matrix_consistent", True),
+            ("level_heatmaps", "today_is_fresh", False),
             ("session_stats", "event_counts_reconciled", True),
         ],
         "jobs": {
             "etl_job": sorted(["game_events", "game_events_rows_reconciled", "game_events_unique_event_ids",
                                "session_stats", "session_stats_event_counts_reconciled"]),
             "heatmap_job": ["level_heatmaps", "level_heatmaps_matrix_consistent"],
+            "freshness_job": ["todays_freshness"],
         },
         "schedules": {
             "etl_schedule": ("*/15 * * * *", "etl_job", "RUNNING"),
-            "heatmap_schedule": ("*/30 * * * *", "heatmap_job", "RUNNING"),
+            "freshness_schedule": ("*/15 * * * *", "freshness_job", "RUNNING"),
         },
         "sensors": {
             "admin_trigger_sensor": (["etl_job", "heatmap_job"], "RUNNING"),
+            "heatmap_automation_sensor": ([], "RUNNING"),
             "heatmap_refresh_sensor": (["heatmap_job"], "RUNNING"),
             "late_events_sensor": (["etl_job"], "RUNNING"),
         },

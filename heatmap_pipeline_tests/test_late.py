@@ -147,7 +147,7 @@ def test_an_etl_run_of_today_does_not_trigger_a_heatmap_refresh(sqlite_url, monk
     defs = build_defs(monkeypatch, sqlite_url)
     today = defs.get_job_def("etl_job").execute_in_process(partition_key=_now().date().isoformat(), instance=instance)
     result = _evaluate_refresh_sensor(defs, instance, today)
-    assert isinstance(result, dg.SkipReason) and "heatmap_schedule refreshes today" in result.skip_message
+    assert isinstance(result, dg.SkipReason) and "heatmap_automation_sensor refreshes today" in result.skip_message
 
 
 def test_late_sensors_run_by_default_and_poll_at_least_once_per_etl_interval(monkeypatch, sqlite_url):

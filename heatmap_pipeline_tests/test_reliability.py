@@ -114,10 +114,11 @@ def test_retry_settings_are_validated_naming_the_variable():
 def test_daemon_back_after_hours_launches_one_catch_up_run_per_job(monkeypatch, tmp_path):
     """The real scheduler iteration, with the scheduler and run_queue config of our dagster.yaml.
 
-    The daemon last ran at 10:00:30 and comes back at 15:00:30: 20 ETL ticks and 10 heatmap ticks
-    were missed. Only the latest tick of each schedule is evaluated (max_catchup_runs: 1): one ETL
-    run, and one heatmap tick (one run per level). The next tick finds the ETL run still queued and
-    launches nothing (the schedule's in-flight skip).
+    The daemon last ran at 10:00:30 and comes back at 15:00:30: 20 ETL ticks were missed. Only the
+    latest tick is evaluated (max_catchup_runs: 1): one ETL run. The next tick finds it still queued and
+    launches nothing (the schedule's in-flight skip). Heatmaps are no schedule any more: they follow
+    the ETL through Declarative Automation, which requests each level once per tick after the ETL
+    (test_heatmap_follows_etl.py).
     """
     from dagster._core.remote_origin import InProcessCodeLocationOrigin
     from dagster._core.test_utils import freeze_time
@@ -158,23 +159,20 @@ def test_daemon_back_after_hours_launches_one_catch_up_run_per_job(monkeypatch, 
         runs = instance.get_runs()
         by_job = {job: [r for r in runs if r.job_name == job] for job in ("etl_job", "heatmap_job")}
         assert [r.tags["dagster/partition"] for r in by_job["etl_job"]] == ["2026-01-10"]
-        assert sorted(r.tags["dagster/partition"] for r in by_job["heatmap_job"]) == [
-            f"2026-01-10|{lv}" for lv in "123"
-        ]
+        assert by_job["heatmap_job"] == []  # no heatmap ahead of its ETL
         assert all(r.status == dg.DagsterRunStatus.QUEUED for r in runs)  # submitted to the run queue
         ticks = {
             state.instigator_name: instance.get_ticks(state.instigator_origin_id, state.selector_id)
             for state in instance.all_instigator_state()
-            if state.instigator_name in ("etl_schedule", "heatmap_schedule")
+            if state.instigator_name == "etl_schedule"
         }
         caught_up_at = (down_since + dt.timedelta(hours=5)).replace(second=0).timestamp()
         assert {name: [t.timestamp for t in tick_list] for name, tick_list in ticks.items()} == {
-            "etl_schedule": [caught_up_at],
-            "heatmap_schedule": [caught_up_at],  # one tick each, the latest
+            "etl_schedule": [caught_up_at],  # one tick, the latest
         }
 
         daemon_iteration(context, down_since + dt.timedelta(hours=5, minutes=15))
-        assert len(instance.get_runs()) == 4  # the ETL run of today is still queued: not launched again
+        assert len(instance.get_runs()) == 1  # the ETL run of today is still queued: not launched again
         [etl_state] = [s for s in instance.all_instigator_state() if s.instigator_name == "etl_schedule"]
         latest = instance.get_ticks(etl_state.instigator_origin_id, etl_state.selector_id)[0]
         assert latest.status.value == "SKIPPED" and "already queued or running: 2026-01-10" in latest.skip_reason

@@ -35,18 +35,6 @@ def test_first_etl_tick_after_midnight_also_refreshes_yesterday(sqlite_url, monk
     assert [r.partition_key for r in later.run_requests] == ["2025-11-17"]
 
 
-def test_heatmap_schedule_requests_every_level(sqlite_url, monkeypatch, instance):
-    defs = build_defs(monkeypatch, sqlite_url, HEATMAP_INTERVAL_MINUTES="10", HEATMAP_LEVELS="1,boss")
-    schedule, data = evaluate(defs, "heatmap_schedule", dt.datetime(2025, 11, 16, 9, 40, tzinfo=UTC), instance)
-    assert schedule.cron_schedule == "*/10 * * * *"
-    keys = [r.partition_key for r in data.run_requests]
-    assert keys == [
-        dg.MultiPartitionKey({"date": "2025-11-16", "level": "1"}),
-        dg.MultiPartitionKey({"date": "2025-11-16", "level": "boss"}),
-    ]
-    assert len({r.run_key for r in data.run_requests}) == 2
-
-
 def test_tick_skips_a_partition_whose_run_is_still_in_flight(sqlite_url, monkeypatch, instance):
     defs = build_defs(monkeypatch, sqlite_url, ETL_INTERVAL_MINUTES="15")
     job = defs.resolve_job_def("etl_job")
@@ -64,14 +52,13 @@ def test_scheduled_run_request_executes(sqlite_url, monkeypatch, instance):
 
     write_source_events(sqlite_url, old_readme_sample())
     defs = build_defs(monkeypatch, sqlite_url)
-    _, data = evaluate(defs, "heatmap_schedule", dt.datetime(2025, 11, 16, 12, 30, tzinfo=UTC), instance)
-    assert defs.resolve_job_def("etl_job").execute_in_process(partition_key="2025-11-16", instance=instance).success
+    _, data = evaluate(defs, "etl_schedule", dt.datetime(2025, 11, 16, 12, 30, tzinfo=UTC), instance)
     request = data.run_requests[0]
-    result = defs.resolve_job_def("heatmap_job").execute_in_process(
+    result = defs.resolve_job_def("etl_job").execute_in_process(
         partition_key=request.partition_key, instance=instance, tags=request.tags
     )
     assert result.success
-    assert result.asset_materializations_for_node("level_heatmaps")[0].metadata["sum"].value == 30.0
+    assert result.asset_materializations_for_node("game_events")[0].metadata["dagster/row_count"].value == 30
 
 
 @pytest.mark.parametrize("name", ["ETL_INTERVAL_MINUTES", "HEATMAP_INTERVAL_MINUTES"])

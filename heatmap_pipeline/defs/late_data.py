@@ -13,7 +13,7 @@ commit is not missed; the "written since?" comparison keeps the overlap from lau
 ``heatmap_refresh_sensor`` fires when an ``etl_job`` run succeeds and requests ``heatmap_job``
 runs of every level for each of its days before today: after a late-event run, after the first
 ETL after midnight (which finishes yesterday), after a manual re-run or a backfill of old days.
-Today's heatmaps are left to ``heatmap_schedule``.
+Today's heatmaps are left to ``heatmap_automation_sensor``.
 
 Why a sensor and not a lookback window in the schedule: a lookback re-extracts N whole days on
 every tick whether or not anything arrived, and still misses anything later than N days; the
@@ -117,7 +117,7 @@ def build_heatmap_refresh_sensor(settings: Settings, etl_job, heatmap_job) -> dg
         run = context.dagster_run
         days = [day for day in run_days(run) if dt.date.fromisoformat(day) < today]
         if not days:
-            return dg.SkipReason(f"run {run.run_id} loaded no day before today; heatmap_schedule refreshes today")
+            return dg.SkipReason(f"run {run.run_id} loaded no day before today; heatmap_automation_sensor refreshes today")
         return [
             dg.RunRequest(
                 run_key=f"heatmap_refresh:{run.run_id}:{day}:{level}",

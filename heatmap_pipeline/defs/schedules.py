@@ -1,8 +1,9 @@
 """Schedules replacing the old APScheduler interval jobs.
 
 ``etl_schedule`` refreshes today's ETL partition every ETL_INTERVAL_MINUTES, and yesterday's
-as well on the first tick after midnight. ``heatmap_schedule`` refreshes today's heatmap of
-every level every HEATMAP_INTERVAL_MINUTES (yesterday's too after midnight). Like the old
+as well on the first tick after midnight. Today's heatmaps follow the ETL through Declarative
+Automation (``heatmap_automation_sensor``): at each HEATMAP_INTERVAL_MINUTES tick they wait until
+game_events of today was updated since the tick. Like the old
 ``max_instances=1``, a tick skips a partition whose previous run is still queued or running;
 like ``coalesce=True``, ticks missed while the daemon was down collapse into one (see
 ``scheduler.config.max_catchup_runs: 1`` in the dagster.yaml written by ``heatmap-pipeline dev``).
@@ -70,24 +71,17 @@ def build_etl_schedule(settings: Settings, job) -> dg.ScheduleDefinition:
     return etl_schedule
 
 
-def build_heatmap_schedule(settings: Settings, job) -> dg.ScheduleDefinition:
-    minutes = settings.heatmap_interval_minutes
+def build_heatmap_automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    """Evaluates level_heatmaps' automation condition (defs/assets/heatmaps.py): today's heatmaps every
+    HEATMAP_INTERVAL_MINUTES, each launched only once game_events of today was updated after the tick.
 
-    @dg.schedule(
-        name="heatmap_schedule",
-        job=job,
-        cron_schedule=_cron(minutes),
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Heatmaps of today for every level every {minutes} min (HEATMAP_INTERVAL_MINUTES).",
+    Declarative Automation replaces the old heatmap interval job: a schedule firing at the same minute as the
+    ETL ran ahead of it and published the previous load (or zeros). On by default, like the schedules."""
+    return dg.AutomationConditionSensorDefinition(
+        "heatmap_automation_sensor",
+        target=dg.AssetSelection.assets("level_heatmaps"),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        description="Launches today's level_heatmaps runs at each HEATMAP_INTERVAL_MINUTES tick once game_events "
+        "of today was updated since the tick and passed its checks.",
     )
-    def heatmap_schedule(context: dg.ScheduleEvaluationContext):
-        tick = context.scheduled_execution_time
-        keys = [
-            dg.MultiPartitionKey({"date": day.isoformat(), "level": level})
-            for day in days_to_refresh(tick, minutes, settings.partition_start_date)
-            for level in settings.heatmap_levels
-        ]
-        return _requests(context, HEATMAP_JOB, keys, tick, "heatmap_schedule")
-
-    return heatmap_schedule

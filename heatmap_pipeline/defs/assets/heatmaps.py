@@ -9,7 +9,12 @@ from heatmap_pipeline.defs.assets.common import GROUP, check_result
 from heatmap_pipeline.core.clock import utcnow
 from heatmap_pipeline.core.render import render_heatmap_png
 from heatmap_pipeline.defs.resources import WarehouseDatabase
+from heatmap_pipeline.core.cron import interval_cron_schedules
 from heatmap_pipeline.orchestration import (
+    LAST_LOAD_FAILED,
+    NEVER_LOADED,
+    DayLoad,
+    day_load,
     GAME_EVENTS,
     db_retry_policy,
     latest_materialization,
@@ -25,7 +30,38 @@ def png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
-def build_level_heatmaps_asset(settings: Settings, partitions: dg.MultiPartitionsDefinition) -> dg.AssetsDefinition:
+def upstream_gate_message(load: DayLoad, level: str) -> str | None:
+    """Why a heatmap of this day must not be computed now, or None when its events are loaded."""
+    if load.state == NEVER_LOADED:
+        return (
+            f"game_events for {load.day} has never been loaded, so the heatmap of level {level} would read no "
+            f"events and publish a false zero; nothing was written. Load the day first: materialize game_events "
+            f"{load.day} (UI: Catalog > game_analytics > game_events > Materialize, or Jobs > etl_job), or run "
+            f"`heatmap-pipeline backfill --start {load.day} --end {load.day}`, or POST /admin/run-jobs with "
+            f'{{"tasks": ["etl", "heatmap"], "date": "{load.day}"}}.'
+        )
+    if load.state == LAST_LOAD_FAILED:
+        return (
+            f"the latest load of game_events for {load.day} failed, so its events may be incomplete; the heatmap "
+            f"of level {level} was not computed and its previous row is unchanged. Fix the ETL failure (see the "
+            f"failed etl_job run of {load.day}) and re-run the ETL of {load.day}; its success refreshes this heatmap."
+        )
+    return None
+
+
+def heatmap_automation_condition(settings: Settings) -> dg.AutomationCondition:
+    """Today's heatmaps once per HEATMAP_INTERVAL_MINUTES tick, after game_events of today was updated since
+    that tick and passed its blocking checks: never ahead of the ETL, whatever the two intervals are."""
+    crons = interval_cron_schedules(settings.heatmap_interval_minutes)
+    condition = dg.AutomationCondition.on_cron(crons[0], cron_timezone="UTC")
+    for cron in crons[1:]:  # an interval that does not divide the hour needs several crons
+        condition = condition | dg.AutomationCondition.on_cron(cron, cron_timezone="UTC")
+    return condition & dg.AutomationCondition.all_deps_blocking_checks_passed()
+
+
+def build_level_heatmaps_asset(
+    settings: Settings, partitions: dg.MultiPartitionsDefinition, dates: dg.PartitionsDefinition
+) -> dg.AssetsDefinition:
     @dg.asset(
         name="level_heatmaps",
         group_name=GROUP,
@@ -33,6 +69,7 @@ def build_level_heatmaps_asset(settings: Settings, partitions: dg.MultiPartition
         deps=["game_events"],
         kinds={"sql", "numpy"},
         retry_policy=db_retry_policy(settings),
+        automation_condition=heatmap_automation_condition(settings),
         description=f"Position counts of one level on one UTC day on a {settings.heatmap_grid_size}x"
         f"{settings.heatmap_grid_size} grid (table heatmaps; matrix rows = y bins, columns = x bins).",
     )
@@ -40,6 +77,10 @@ def build_level_heatmaps_asset(settings: Settings, partitions: dg.MultiPartition
     def level_heatmaps(context: dg.AssetExecutionContext, warehouse: WarehouseDatabase) -> dg.MaterializeResult:
         keys = context.partition_key.keys_by_dimension
         day, level = dt.date.fromisoformat(keys["date"]), keys["level"]
+        upstream = day_load(context.instance, keys["date"], dates)
+        refusal = upstream_gate_message(upstream, level)
+        if refusal:
+            raise dg.Failure(description=refusal, allow_retries=False)
         result = compute_heatmap(warehouse.engine(), day, level, settings.heatmap_grid_size, settings.heatmap_bounds.get(level))
         upsert_heatmap(warehouse.engine(), result, utcnow())
         summary = result.summary
@@ -58,6 +99,10 @@ def build_level_heatmaps_asset(settings: Settings, partitions: dg.MultiPartition
                 "out_of_bounds": dg.MetadataValue.int(result.out_of_bounds),
                 "bounds": dg.MetadataValue.json({"x_min_x_max_y_min_y_max": bounds, "source": result.bounds_source}),
                 "grid_size": dg.MetadataValue.int(settings.heatmap_grid_size),
+                "game_events_run_id": dg.MetadataValue.text(upstream.run_id),
+                "game_events_materialized_at": dg.MetadataValue.timestamp(
+                    upstream.materialized_at.replace(tzinfo=dt.timezone.utc)
+                ),
                 "preview": png_markdown(png, f"heatmap level {level} {day}"),
             }
         )
