@@ -320,18 +320,15 @@ def floor_bincount(n_points: int) -> float:
 def explain(url: str) -> dict[str, str]:
     from heatmap_pipeline.warehouse.db import get_engine
     from heatmap_pipeline.warehouse.heatmaps import PG_BUCKETS_SQL, SQLITE_POSITIONS_SQL, plan_bucket_query, search_edges
+    from heatmap_pipeline.warehouse.source import day_filter_text
 
     engine = get_engine(url)
     pg = engine.dialect.name == "postgresql"
     day = DAY if pg else DAY.isoformat()
-    start, end = (dt.datetime.combine(DAY, dt.time.min), dt.datetime.combine(DAY, dt.time.min) + dt.timedelta(days=1))
-    if not pg:
-        start, end = start.date().isoformat(), end.date().isoformat()
     queries = {
         "source day (extract)": (
-            'SELECT count(*) FROM events WHERE ("timestamp" >= :s AND "timestamp" < :e) '
-            'OR ("timestamp" IS NULL AND created_at >= :s AND created_at < :e)',
-            {"s": start, "e": end},
+            f"SELECT count(*) FROM events e WHERE {day_filter_text(engine.dialect.name, DAY, 'e')}",
+            {},
         ),
     }
     if pg:

@@ -7,14 +7,29 @@ import itertools
 import json
 
 import dagster as dg
+import numpy as np
 import sqlalchemy as sa
 
+from heatmap_pipeline.core.binning import GridBounds
+
 from heatmap_pipeline.warehouse.db import get_engine
-from heatmap_pipeline.warehouse.tables import SOURCE_EVENT_COLUMNS, game_events, heatmaps, quarantined_events, session_stats
+from heatmap_pipeline.warehouse.tables import game_events, heatmaps, quarantined_events, session_stats
 from heatmap_pipeline.warehouse.migrations import ensure_source_schema
+from heatmap_pipeline.warehouse.source import source_events_table
 from heatmap_pipeline.settings import load_settings
 
 _ids = itertools.count(1)
+
+
+def histogram2d_reference(x, y, bounds: GridBounds, grid_size: int) -> np.ndarray:
+    """What the old job computed: np.histogram2d, transposed so rows are y bins."""
+    counts, _, _ = np.histogram2d(
+        np.asarray(x, dtype=np.float64),
+        np.asarray(y, dtype=np.float64),
+        bins=grid_size,
+        range=[[bounds.x_min, bounds.x_max], [bounds.y_min, bounds.y_max]],
+    )
+    return counts.T
 
 
 def event(
@@ -51,10 +66,9 @@ def write_source_events(url: str, rows: list[dict]) -> sa.Engine:
     """Create ``events`` (if needed) and insert rows, payloads as text, through the real driver."""
     engine = get_engine(url)
     ensure_source_schema(engine)
-    table = sa.table("events", *(sa.column(c) for c in SOURCE_EVENT_COLUMNS))
     if rows:
         with engine.begin() as conn:
-            conn.execute(table.insert(), [_for_dialect(engine, row) for row in rows])
+            conn.execute(source_events_table().insert(), [_for_dialect(engine, row) for row in rows])
     return engine
 
 

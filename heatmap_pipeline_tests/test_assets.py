@@ -6,11 +6,12 @@ import json
 import numpy as np
 import sqlalchemy as sa
 
-from heatmap_pipeline.core.binning import GridBounds, histogram2d_reference
+from heatmap_pipeline.core.binning import GridBounds
 from heatmap_pipeline.warehouse.tables import game_events, heatmaps, leaderboard_aggregates, quarantined_events, session_stats
 from heatmap_pipeline_tests.support import (
     build_defs,
     event,
+    histogram2d_reference,
     materialize_etl,
     materialize_heatmap,
     old_readme_sample,

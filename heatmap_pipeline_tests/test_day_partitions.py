@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from heatmap_pipeline.core.binning import histogram2d_reference, auto_bounds
+from heatmap_pipeline.core.binning import auto_bounds
 from heatmap_pipeline.core.cleaning import CleaningRules
 from heatmap_pipeline.warehouse.db import get_engine
 from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
@@ -26,7 +26,7 @@ from heatmap_pipeline.warehouse.etl import pg_partitions as day_partitions
 from heatmap_pipeline.warehouse.etl import load_partition
 from heatmap_pipeline.warehouse.etl.python_path import load_partition_python
 from heatmap_pipeline.warehouse.heatmaps import compute_heatmap
-from heatmap_pipeline_tests.support import event, warehouse_snapshot, write_source_events
+from heatmap_pipeline_tests.support import event, histogram2d_reference, warehouse_snapshot, write_source_events
 
 DAY = dt.date(2025, 11, 16)
 NOW = dt.datetime(2025, 11, 17)
@@ -206,7 +206,10 @@ def test_the_etl_records_the_day_s_position_ranges_per_level(db_url, path):
     engine = source(db_url, day_rows())
     load = load_partition if path == "sql" else load_partition_python
     result = load(engine, engine, DAY, RULES, NOW)
-    assert result.residue or path == "python"  # the SQL path handed some rows to Python
+    if path == "sql":  # ranges from SQL's GROUP BY merged with those of the rows it handed to Python
+        assert result.method.startswith("sql") and 0 < result.residue < result.extracted
+    else:  # ranges from the cleaned rows alone
+        assert result.method.startswith("python") and result.residue == 0
     recorded = recorded_ranges(engine)
     assert recorded == real_ranges(engine)
     assert recorded["2"][2] == 99.5  # a position only the Python cleaner took is in the range
@@ -232,5 +235,6 @@ def test_a_heatmap_binned_with_the_recorded_ranges_equals_histogram2d_on_the_day
 def test_a_level_without_positions_on_a_recorded_day_gives_an_empty_heatmap(db_url):
     engine = source(db_url, day_rows())
     load_partition(engine, engine, DAY, RULES, NOW)
+    assert recorded_ranges(engine) and "7" not in recorded_ranges(engine)  # the day is recorded, level 7 is not in it
     result = compute_heatmap(engine, DAY, "7", 10)
     assert (result.points, result.bounds, float(result.matrix.sum())) == (0, None, 0.0)

@@ -10,18 +10,20 @@ and JSONB, with and without a unique id.
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 import sqlalchemy as sa
 
 from heatmap_pipeline.core.cleaning import REASONS, CleaningRules
-from heatmap_pipeline.warehouse.db import get_engine
+from heatmap_pipeline.warehouse.db import SQLITE_CACHE_KIB, get_engine
 from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
 from heatmap_pipeline.warehouse.tables import game_events, quarantined_events
-from heatmap_pipeline.warehouse.etl import sql_path
+from heatmap_pipeline.warehouse.etl import sql_path, writing
 from heatmap_pipeline.warehouse.etl import load_partition
 from heatmap_pipeline.warehouse.etl.python_path import load_partition_python
 from heatmap_pipeline.warehouse.etl.sql_path import load_partition_sql
+from heatmap_pipeline.warehouse.heatmaps import compute_heatmap
 from heatmap_pipeline_tests.support import event, write_source_events
 
 DAY = dt.date(2025, 11, 16)
@@ -296,3 +298,46 @@ def test_dispatcher_uses_sql_for_one_database_and_python_for_two(sqlite_url, tmp
     ensure_warehouse_schema(other)
     result = load_partition(source, other, DAY, RULES, NOW)
     assert result.method == "python (executemany)" and (result.clean, result.quarantined) == (1, 1)
+
+
+@pytest.mark.parametrize("path", ["sql", "python"])
+def test_a_load_has_the_big_sqlite_page_cache_and_a_heatmap_after_it_the_default(sqlite_url, tmp_path, path):
+    """The load raises SQLite's page cache for its own transaction and sets it back before the
+    connection returns to the pool, so a heatmap query on that pooled connection gets the default."""
+    rows = [event(at(9, m), {"x": m, "y": 2, "level": 1}) for m in range(5)]
+    if path == "sql":
+        source = warehouse = write_source_events(sqlite_url, rows)
+    else:
+        source = write_source_events(f"sqlite:///{tmp_path / 'source.sqlite'}", rows)
+        warehouse = get_engine(sqlite_url)
+    ensure_warehouse_schema(warehouse)
+    warehouse.dispose()  # from here the pool holds only the connection the load opens
+    during_load: list[int] = []
+
+    def cache_at_insert(conn, cursor, statement, parameters, context, executemany):
+        if re.search(r'INSERT INTO "?game_events"? ', statement):  # both paths' inserts of clean rows
+            during_load.append(cursor.connection.execute("PRAGMA cache_size").fetchone()[0])
+
+    sa.event.listen(warehouse, "before_cursor_execute", cache_at_insert)
+    try:
+        result = load_partition(source, warehouse, DAY, RULES, NOW)
+    finally:
+        sa.event.remove(warehouse, "before_cursor_execute", cache_at_insert)
+    assert result.method.startswith(path) and result.clean == 5
+    assert during_load and set(during_load) == {-writing.SQLITE_LOAD_CACHE_KIB}
+
+    assert warehouse.pool.checkedin() == 1  # the load's connection, the one the heatmap gets
+    at_heatmap: list[int] = []
+
+    def cache_at_checkout(dbapi_connection, record, proxy):
+        at_heatmap.append(dbapi_connection.execute("PRAGMA cache_size").fetchone()[0])
+
+    sa.event.listen(warehouse.pool, "checkout", cache_at_checkout)
+    try:
+        heatmap = compute_heatmap(warehouse, DAY, "1", 10)
+    finally:
+        sa.event.remove(warehouse.pool, "checkout", cache_at_checkout)
+    assert heatmap.points == 5
+    assert at_heatmap == [-SQLITE_CACHE_KIB] == [-2000]  # SQLite's own default, 2 MiB
+    with warehouse.connect() as reused, warehouse.connect() as fresh:  # and a new connection has it too
+        assert [c.exec_driver_sql("PRAGMA cache_size").scalar() for c in (reused, fresh)] == [-2000, -2000]

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from heatmap_pipeline.core.binning import GridBounds, auto_bounds, bin_edges, histogram2d_reference
+from heatmap_pipeline.core.binning import GridBounds, auto_bounds, bin_edges
 from heatmap_pipeline.warehouse.db import get_engine
 from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
 from heatmap_pipeline.warehouse.tables import game_events
 from heatmap_pipeline.warehouse.heatmaps import compute_heatmap
+from heatmap_pipeline_tests.support import histogram2d_reference
 
 DAY = dt.date(2025, 11, 16)
 GRID = 50

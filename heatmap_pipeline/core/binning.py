@@ -2,7 +2,8 @@
 
 Orientation follows the old system: ``matrix[row][col]`` with rows = y bins, cols = x bins,
 i.e. ``np.histogram2d(x, y, ...)[0].T``. A point exactly on the upper bound falls in the
-last cell; points outside the bounds are counted separately, never silently dropped.
+last cell; points outside the bounds stay out of the matrix (the heatmap reports them as
+``out_of_bounds``: its positions minus the matrix sum, see ``warehouse/heatmaps.py``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,6 @@ class HeatmapAccumulator:
         self.bounds = bounds
         self.grid_size = grid_size
         self._flat = np.zeros(grid_size * grid_size, dtype=np.int64)
-        self.out_of_bounds = 0
 
     def add(self, x: Iterable[float], y: Iterable[float]) -> None:
         x = np.asarray(x, dtype=np.float64)
@@ -79,7 +79,6 @@ class HeatmapAccumulator:
         col, x_in = cell_index(x, b.x_min, b.x_max, n)
         row, y_in = cell_index(y, b.y_min, b.y_max, n)
         inside = x_in & y_in
-        self.out_of_bounds += int(inside.size - np.count_nonzero(inside))
         self._flat += np.bincount(row[inside] * n + col[inside], minlength=n * n)
 
     def add_cells(self, rows: Iterable[int], cols: Iterable[int], counts: Iterable[int]) -> None:
@@ -93,17 +92,6 @@ class HeatmapAccumulator:
     def matrix(self) -> np.ndarray:
         """Counts with rows = y bins and columns = x bins."""
         return self._flat.reshape(self.grid_size, self.grid_size).copy()
-
-
-def histogram2d_reference(x, y, bounds: GridBounds, grid_size: int) -> np.ndarray:
-    """What the old job computed: np.histogram2d, transposed so rows are y bins."""
-    counts, _, _ = np.histogram2d(
-        np.asarray(x, dtype=np.float64),
-        np.asarray(y, dtype=np.float64),
-        bins=grid_size,
-        range=[[bounds.x_min, bounds.x_max], [bounds.y_min, bounds.y_max]],
-    )
-    return counts.T
 
 
 def matrix_summary(matrix: np.ndarray) -> dict:

@@ -1,6 +1,6 @@
 """Raw ``events`` rows -> typed game events, or quarantined rows with a reason. No Dagster here.
 
-Rules (the SQL fast path in ``warehouse/events_sql.py`` implements the same ones and is tested against this):
+Rules (the SQL fast path in ``warehouse/etl/sql_path.py`` implements the same ones and is tested against this):
 
 * the payload must be a JSON object no larger than ``max_payload_bytes``;
 * a *position event* (payload has ``x`` or ``y``, or ``event_type`` is a position type) needs

@@ -18,6 +18,7 @@ import random
 import sqlalchemy as sa
 
 from heatmap_pipeline.warehouse.migrations import ensure_source_schema
+from heatmap_pipeline.warehouse.source import source_events_table, sqlite_timestamp_text
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +50,10 @@ demo_state = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("watermark", sa.String(32), nullable=False),
 )
-_events = sa.table(
-    "events",
-    *(sa.column(c) for c in ("id", "user_id", "session_id", "event_type", "event_name", "event_category", "payload", "timestamp", "created_at")),
-)
 
 
 def _slot_index(moment: dt.datetime) -> int:
     return int((moment - EPOCH) / SLOT)
-
-
-def _ts(moment: dt.datetime) -> str:
-    return moment.isoformat(sep=" ", timespec="microseconds")
 
 
 def _session_events(rng: random.Random, slot: int, k: int, start: dt.datetime, next_id) -> list[dict]:
@@ -84,8 +77,8 @@ def _session_events(rng: random.Random, slot: int, k: int, start: dt.datetime, n
                 "event_name": name or event_type,
                 "event_category": category,
                 "payload": json.dumps(payload),
-                "timestamp": _ts(moment),
-                "created_at": _ts(moment + dt.timedelta(seconds=1)),
+                "timestamp": sqlite_timestamp_text(moment),
+                "created_at": sqlite_timestamp_text(moment + dt.timedelta(seconds=1)),
             }
         )
 
@@ -135,8 +128,8 @@ def _malformed(kind: str, slot: int, moment: dt.datetime, next_id) -> dict:
         "event_name": kind,
         "event_category": "malformed",
         "payload": payloads[kind],
-        "timestamp": None if kind == "null_timestamp" else _ts(moment),
-        "created_at": _ts(moment),
+        "timestamp": None if kind == "null_timestamp" else sqlite_timestamp_text(moment),
+        "created_at": sqlite_timestamp_text(moment),
     }
 
 
@@ -181,7 +174,8 @@ def top_up(engine: sa.Engine, now: dt.datetime | None = None) -> int:
                 if watermark <= moment < now and moment >= history_start(now):
                     rows.append(row)
         if rows:
-            conn.execute(_events.insert(), rows)
+            # untyped columns: the JSON text and timestamp text go in exactly as generated
+            conn.execute(source_events_table().insert(), rows)
         values = {"watermark": now.isoformat()}
         if state:
             conn.execute(demo_state.update().where(demo_state.c.id == 1).values(values))

@@ -6,7 +6,14 @@ import functools
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+
+# SQLite's own default page cache (2 MiB; negative PRAGMA values are KiB). Every connection
+# starts with it, and a day's load, which raises it for its transaction (etl/writing.py:
+# load_page_cache), sets it back, so a query gets this cache on whichever pooled connection it
+# runs: SQLite's sorter (GROUP BY) was slower with the load's big cache.
+SQLITE_CACHE_KIB = 2000
 
 
 def normalize_database_url(raw: str) -> str:
@@ -56,9 +63,7 @@ def get_engine(url: str) -> sa.Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=60000")
-            # 64 MiB of page cache instead of 2: a day's load inserts into two B-tree indexes in
-            # key order that is not insertion order, which with the default cache re-reads pages.
-            cursor.execute("PRAGMA cache_size=-65536")
+            cursor.execute(f"PRAGMA cache_size={-SQLITE_CACHE_KIB}")
             cursor.execute("PRAGMA temp_store=MEMORY")
             cursor.close()
 
@@ -68,6 +73,22 @@ def get_engine(url: str) -> sa.Engine:
         pool_pre_ping=True,
         connect_args={"options": "-c timezone=UTC", "connect_timeout": 10},
     )
+
+
+# Dialects that render Core for ``sa.text``: binds as ``:name``, no driver details baked in
+# (psycopg's doubled ``%``, its ``:name::TYPE`` bind casts, which ``sa.text`` cannot parse).
+_TEXT_DIALECTS = {
+    "sqlite": lambda: sqlite.dialect(paramstyle="named"),
+    "postgresql": lambda: postgresql.psycopg2.dialect(paramstyle="named"),
+}
+
+
+def text_sql(clause: sa.ClauseElement, dialect: str, *, literal_binds: bool = False) -> str:
+    """A Core clause as SQL text to put inside ``sa.text`` statements, for ``dialect`` (an
+    engine's ``dialect.name``). With ``literal_binds`` its values are inline, their colons escaped
+    so ``sa.text`` does not read them as parameters; otherwise its bind parameters stay ``:name``."""
+    compiled = str(clause.compile(dialect=_TEXT_DIALECTS[dialect](), compile_kwargs={"literal_binds": literal_binds}))
+    return compiled.replace(":", "\\:") if literal_binds else compiled
 
 
 def sqlstate(exc: BaseException) -> str | None:

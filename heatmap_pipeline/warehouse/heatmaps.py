@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from heatmap_pipeline.core.binning import (
     GridBounds,
@@ -30,6 +31,7 @@ from heatmap_pipeline.core.binning import (
     matrix_summary,
     matrix_to_json,
 )
+from heatmap_pipeline.warehouse.db import text_sql
 from heatmap_pipeline.warehouse.tables import game_events, heatmaps, position_stats
 from heatmap_pipeline.warehouse.locks import lock_partition
 
@@ -50,8 +52,10 @@ class HeatmapResult:
         return matrix_summary(self.matrix)
 
 
-def positions_of(day: dt.date, level: str):
-    """game_events rows of the level and day that are positions (x and y present)."""
+def positions_of(day, level):
+    """game_events rows of the level and day that are positions (x and y present).
+
+    ``day`` and ``level`` are values, or bind parameters for the statements below."""
     return sa.and_(
         game_events.c.event_date == day,
         game_events.c.level == level,
@@ -71,28 +75,32 @@ def search_edges(lo: float, hi: float, grid_size: int) -> list[float]:
     return [float(v) for v in edges[:-1]] + [float(np.nextafter(hi, np.inf))]
 
 
-# Two grouping keys, not one combined integer: the planner estimates far fewer groups for the
-# pair and so aggregates in its parallel workers at 10M events/day (one key: 0.72 s a level).
-PG_BUCKETS_SQL = """
-    SELECT width_bucket(y, CAST(:y_edges AS double precision[])) AS gy,
-           width_bucket(x, CAST(:x_edges AS double precision[])) AS gx,
-           count(*) AS n
-    FROM game_events
-    WHERE event_date = :day AND level = :level AND x IS NOT NULL AND y IS NOT NULL
-    GROUP BY 1, 2
-"""
+def _bucket(column: sa.Column, edges: str) -> sa.ColumnElement[int]:
+    return sa.func.width_bucket(column, sa.cast(sa.bindparam(edges), postgresql.ARRAY(sa.Double())))
+
+
+# Text, for ``sa.text`` (``:day``, ``:level``, ``:x_edges``, ``:y_edges``): test_indexes and the
+# benchmark EXPLAIN this very statement. Two grouping keys, not one combined integer: the planner
+# estimates far fewer groups for the pair and so aggregates in its parallel workers at 10M
+# events/day (one key: 0.72 s a level).
+PG_BUCKETS_SQL = text_sql(
+    sa.select(
+        _bucket(game_events.c.y, "y_edges").label("gy"),
+        _bucket(game_events.c.x, "x_edges").label("gx"),
+        sa.func.count().label("n"),
+    )
+    .where(positions_of(sa.bindparam("day"), sa.bindparam("level")))
+    .group_by(sa.literal_column("1"), sa.literal_column("2")),
+    "postgresql",
+)
 
 
 def _position_stats(conn: sa.Connection, day: dt.date, level: str) -> tuple[int, float, float, float, float] | None:
     """(positions, x_min, x_max, y_min, y_max) of the day's level: the ETL's record, else a scan."""
     recorded = conn.execute(
-        sa.select(
-            position_stats.c.positions,
-            position_stats.c.x_min,
-            position_stats.c.x_max,
-            position_stats.c.y_min,
-            position_stats.c.y_max,
-        ).where(position_stats.c.event_date == day, position_stats.c.level == level)
+        sa.select(*(c for c in position_stats.c if not c.primary_key)).where(  # positions, x_min, ..., y_max
+            position_stats.c.event_date == day, position_stats.c.level == level
+        )
     ).first()
     if recorded is not None:
         return tuple(recorded)
@@ -155,8 +163,11 @@ def _bin_postgresql(conn: sa.Connection, day: dt.date, level: str, bounds: GridB
     return accumulator, points
 
 
-SQLITE_POSITIONS_SQL = (
-    "SELECT x, y FROM game_events WHERE event_date = ? AND level = ? AND x IS NOT NULL AND y IS NOT NULL"
+# For the driver's own cursor: two ``?``, the day (ISO text) and the level.
+SQLITE_POSITIONS_SQL = str(
+    sa.select(game_events.c.x, game_events.c.y)
+    .where(positions_of(sa.bindparam("day"), sa.bindparam("level")))
+    .compile(dialect=sqlite.dialect())
 )
 SQLITE_CHUNK_ROWS = 65_536
 

@@ -2,7 +2,7 @@
 
 Each function reads the tables and returns an :class:`Invariant`: passed or not, a severity
 ("ERROR" blocks the run, "WARN" only reports), a one-line description and metadata the UI shows.
-``heatmap_pipeline/checks.py`` turns them into Dagster asset checks.
+The asset checks in ``defs/assets/`` turn them into Dagster asset checks.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from heatmap_pipeline.core.binning import GridBounds, auto_bounds
 from heatmap_pipeline.warehouse.tables import game_events, heatmaps, session_stats
-from heatmap_pipeline.warehouse.source import day_filter, source_events_table
+from heatmap_pipeline.warehouse.source import created_at_value, day_filter, source_events_table
 from heatmap_pipeline.warehouse.etl.writing import partition_counts
 from heatmap_pipeline.warehouse.heatmaps import positions_of, scan_position_range
 
@@ -31,22 +31,15 @@ class Invariant:
     severity: str = ERROR  # the severity of a failure; ERROR fails the run (blocking checks)
 
 
-def _cutoff_param(engine: sa.Engine, moment: dt.datetime):
-    """created_at comparisons: a naive-UTC datetime on PostgreSQL, the demo's text form on SQLite."""
-    if engine.dialect.name == "sqlite":
-        return moment.isoformat(sep=" ", timespec="microseconds")
-    return moment.replace(tzinfo=dt.timezone.utc)
-
-
 def count_source_rows(source: sa.Engine, day: dt.date, created_before: dt.datetime | None = None) -> int:
     """Rows of ``day`` in the source (the extraction's own day filter), optionally only those
     whose created_at is NULL or not after ``created_before`` (naive UTC)."""
     src = source_events_table()
-    condition = day_filter(source, src, day)
+    condition = day_filter(source.dialect.name, src, day)
     if created_before is not None:
         condition = sa.and_(
             condition,
-            sa.or_(src.c.created_at.is_(None), src.c.created_at <= _cutoff_param(source, created_before)),
+            sa.or_(src.c.created_at.is_(None), src.c.created_at <= created_at_value(source.dialect.name, created_before)),
         )
     with source.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(src).where(condition)).scalar_one())

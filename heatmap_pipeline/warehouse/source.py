@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from heatmap_pipeline.core.cleaning import Rejected, to_utc_naive
+from heatmap_pipeline.warehouse.db import text_sql
 from heatmap_pipeline.warehouse.tables import SOURCE_EVENT_COLUMNS
 
 
@@ -41,30 +42,35 @@ def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
     return start, start + dt.timedelta(days=1)
 
 def source_events_table() -> sa.TableClause:
-    """A lightweight, untyped view of the source table: drivers hand back native values."""
+    """A lightweight, untyped view of the source table: drivers hand back native values, and
+    values are written as given (the demo writes JSON text and SQLite timestamp text)."""
     return sa.table("events", *(sa.column(name) for name in SOURCE_EVENT_COLUMNS))
 
 SQLITE_DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
 
-def day_filter(engine: sa.Engine, src: sa.TableClause, day: dt.date):
+def day_filter(dialect: str, src: sa.TableClause, day: dt.date) -> sa.ColumnElement[bool]:
     """Rows of one UTC day: by timestamp (index-friendly), or by created_at (arrival) when the
     timestamp is NULL, a day or more after the arrival, or (SQLite) text without a date.
+
+    The one definition of "the source rows of a day": the Python path's extraction, the SQL
+    path's statements (through :func:`day_filter_text`) and the reconciliation check's recount
+    all use it. ``dialect`` is the engine's ``dialect.name``.
 
     On SQLite timestamps are text; comparing with 'YYYY-MM-DD' strings works for both the
     'T' and ' ' separators.
     """
     start, end = day_bounds(day)
-    if engine.dialect.name == "sqlite":
+    if dialect == "sqlite":
         start, end = start.date().isoformat(), end.date().isoformat()
     ts, created = src.c.timestamp, src.c.created_at
     # A row stamped a day or more after it arrived is filed under its arrival day (the cleaner
     # quarantines it as future_timestamp); otherwise it could wait in a day no run has reached.
-    if engine.dialect.name == "sqlite":
+    if dialect == "sqlite":
         far_future = sa.func.julianday(ts) >= sa.func.julianday(created) + 1
     else:
         far_future = ts >= created + sa.literal_column("INTERVAL '1 day'")
     by_arrival = [ts.is_(None), far_future]
-    if engine.dialect.name == "sqlite":
+    if dialect == "sqlite":
         # Text that does not start with a date would match no day: file it under its arrival
         # day, where the cleaner quarantines it as unparseable_timestamp.
         by_arrival.append(sa.and_(sa.func.typeof(ts) == "text", sa.not_(ts.op("GLOB")(SQLITE_DATE_GLOB))))
@@ -74,12 +80,34 @@ def day_filter(engine: sa.Engine, src: sa.TableClause, day: dt.date):
         sa.and_(sa.or_(*by_arrival), created >= start, created < end),
     )
 
+def day_filter_text(dialect: str, day: dt.date, alias: str = "e") -> str:
+    """:func:`day_filter` over ``events AS <alias>`` as SQL for the SQL path's ``sa.text``
+    statements: parenthesized, the day's bounds inline (literals, so no parameters to pass)."""
+    return "(" + text_sql(day_filter(dialect, source_events_table().alias(alias), day), dialect, literal_binds=True) + ")"
+
+# The columns the extraction hands the cleaner, in this order (a quarantined row's raw_row JSON
+# keeps it, so both ETL paths must select them so): the source's order, the payload last.
+EXTRACTED_COLUMNS = (*(c for c in SOURCE_EVENT_COLUMNS if c != "payload"), "payload")
+
 def extract_day_query(engine: sa.Engine, day: dt.date) -> sa.Select:
     src = source_events_table()
-    columns = [src.c[name] for name in SOURCE_EVENT_COLUMNS if name != "payload"]
     # JSON, JSONB or text payloads all arrive as text, so size checks see the stored bytes.
-    columns.append(sa.cast(src.c.payload, sa.Text).label("payload"))
-    return sa.select(*columns).where(day_filter(engine, src, day)).order_by(src.c.id, src.c.created_at)
+    columns = [sa.cast(src.c[c], sa.Text).label(c) if c == "payload" else src.c[c] for c in EXTRACTED_COLUMNS]
+    return sa.select(*columns).where(day_filter(engine.dialect.name, src, day)).order_by(src.c.id, src.c.created_at)
+
+
+def sqlite_timestamp_text(moment: dt.datetime) -> str:
+    """A naive-UTC moment as text in the form the demo writes SQLite's (text) timestamps in,
+    'YYYY-MM-DD HH:MM:SS.ffffff': fixed width, so text comparisons order it like time."""
+    return moment.isoformat(sep=" ", timespec="microseconds")
+
+
+def created_at_value(dialect: str, moment: dt.datetime):
+    """A naive-UTC moment in the form ``events.created_at`` compares with: the demo's text on
+    SQLite (a text column there), an aware UTC datetime elsewhere."""
+    if dialect == "sqlite":
+        return sqlite_timestamp_text(moment)
+    return moment.replace(tzinfo=dt.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -87,12 +115,6 @@ class Arrivals:
     day: dt.date  # UTC day of the events' timestamps
     rows: int  # rows of that day with created_at after ``since``
     newest_created_at: dt.datetime  # naive UTC
-
-
-def _moment_param(engine: sa.Engine, moment: dt.datetime):
-    if engine.dialect.name == "sqlite":  # text column: compare in the demo's 'YYYY-MM-DD HH:MM:SS.ffffff' form
-        return moment.isoformat(sep=" ", timespec="microseconds")
-    return moment.replace(tzinfo=dt.timezone.utc)
 
 
 def arrivals_since(source: sa.Engine, since: dt.datetime) -> list[Arrivals]:
@@ -104,7 +126,7 @@ def arrivals_since(source: sa.Engine, since: dt.datetime) -> list[Arrivals]:
         day = sa.cast(src.c.timestamp, sa.Date)  # sessions run in UTC (db.get_engine)
     query = (
         sa.select(day.label("day"), sa.func.count().label("rows"), sa.func.max(src.c.created_at).label("newest"))
-        .where(src.c.created_at > _moment_param(source, since), src.c.timestamp.is_not(None))
+        .where(src.c.created_at > created_at_value(source.dialect.name, since), src.c.timestamp.is_not(None))
         .group_by(day)
     )
     with source.connect() as conn:

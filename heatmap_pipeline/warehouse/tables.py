@@ -29,9 +29,8 @@ events = sa.Table(
     sa.Index("ix_events_created_at", "created_at"),  # the late-events sensor reads created_at > cursor
 )
 
-SOURCE_EVENT_COLUMNS = (
-    "id", "user_id", "session_id", "event_type", "event_name", "event_category", "payload", "timestamp", "created_at",
-)
+# The columns we read, in the order the extraction selects them (and quarantined raw rows keep).
+SOURCE_EVENT_COLUMNS = tuple(column.name for column in events.columns)
 
 # --- The warehouse: tables this project owns ------------------------------------------------
 metadata = sa.MetaData()
@@ -67,7 +66,7 @@ game_events = sa.Table(
     ),
     # SQLite has no INCLUDE: x and y as key columns make its heatmap queries index-only too.
     sa.Index("ix_game_events_positions", "event_date", "level", "x", "y").ddl_if(dialect="sqlite"),
-    # PostgreSQL: one partition per day (warehouse/day_partitions.py). A day is loaded into a
+    # PostgreSQL: one partition per day (warehouse/etl/pg_partitions.py). A day is loaded into a
     # fresh table, indexed after the load and attached: far cheaper than keeping three indexes
     # up to date row by row, and replacing a day is a swap instead of a DELETE.
     postgresql_partition_by="LIST (event_date)",

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from heatmap_pipeline.core.binning import PositionRanges
 from heatmap_pipeline.core.cleaning import CleaningRules, EventCleaner
-from heatmap_pipeline.warehouse.etl.writing import EtlResult, begin_day, finish_day, write_cleaned_chunks
+from heatmap_pipeline.warehouse.etl.writing import EtlResult, begin_day, finish_day, load_page_cache, write_cleaned_chunks
 from heatmap_pipeline.warehouse.source import extract_day_query
 
 
@@ -32,7 +32,7 @@ def load_partition_python(
     result = EtlResult(partition_date=day, method=f"python ({loader})")
     reasons: collections.Counter[str] = collections.Counter()
     query = extract_day_query(source, day)
-    with warehouse.begin() as write, source.connect() as read:
+    with warehouse.begin() as write, load_page_cache(write), source.connect() as read:
         target = begin_day(write, day)
         ranges = PositionRanges()
         rows = read.execution_options(stream_results=True, yield_per=chunk_size).execute(query).mappings()

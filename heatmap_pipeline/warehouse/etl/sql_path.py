@@ -43,9 +43,9 @@ import sqlalchemy as sa
 
 from heatmap_pipeline.core.binning import PositionRanges
 from heatmap_pipeline.core.cleaning import CleaningRules, EventCleaner
-from heatmap_pipeline.warehouse.etl.writing import EtlResult, begin_day, finish_day, write_cleaned_chunks
-from heatmap_pipeline.warehouse.source import SQLITE_DATE_GLOB
-from heatmap_pipeline.warehouse.tables import SOURCE_EVENT_COLUMNS
+from heatmap_pipeline.warehouse.etl.writing import EtlResult, begin_day, finish_day, load_page_cache, write_cleaned_chunks
+from heatmap_pipeline.warehouse.source import EXTRACTED_COLUMNS, day_bounds, day_filter_text
+from heatmap_pipeline.warehouse.tables import game_events
 
 # Fast-path payloads are at most this many bytes: keeps the regex cheap, and Python's json
 # rejects integers over 4300 digits, which no payload this small can hold.
@@ -62,13 +62,11 @@ FLAT_OBJECT_RE = rf"^{_WS}\{{{_WS}(?:{_PAIR}{_WS}(?:,{_WS}{_PAIR}{_WS})*)?\}}{_W
 # A numeric string float() and PostgreSQL's float8 read the same way, with no overflow.
 PLAIN_DECIMAL_RE = r"^-?[0-9]{1,15}(\.[0-9]{1,15})?$"
 
-_GAME_EVENT_COLUMNS = (
-    "event_date, event_id, user_id, session_id, event_type, event_name, event_category, "
-    "ts, level, x, y, score, final_score, payload, created_at"
-)
-# Column order of the residue rows handed to Python: the same keys, in the same order, as the
-# Python path's extract query, so quarantined raw_row JSON is byte-identical.
-_RESIDUE_COLUMNS = (*(c for c in SOURCE_EVENT_COLUMNS if c != "payload"), "payload")
+# The residue rows handed to Python have the Python path's columns, in its order, so quarantined
+# raw_row JSON is byte-identical.
+_RESIDUE_COLUMNS = EXTRACTED_COLUMNS
+# Source columns copied into game_events as text (SQL accepts integers there too, as Python does).
+_TEXT_COLUMNS = ("user_id", "session_id", "event_type", "event_name", "event_category")
 
 _PG_TEXTLIKE = {"text", "character varying"}
 _PG_INTS = {"smallint", "integer", "bigint"}
@@ -76,13 +74,37 @@ _PG_TIMES = {"timestamp with time zone", "timestamp without time zone"}
 _PG_PAYLOADS = {"json", "jsonb", "text", "character varying"}
 
 
-# The rows of one day on SQLite, as ``events.day_filter`` selects them (timestamps are text there;
-# text that starts with no date is filed under its created_at day).
-_SQLITE_FAR_FUTURE = 'julianday(e."timestamp") >= julianday(e.created_at) + 1'
-_SQLITE_DAY = f"""((e."timestamp" >= :start AND e."timestamp" < :end AND NOT COALESCE({_SQLITE_FAR_FUTURE}, 0))
-           OR ((e."timestamp" IS NULL OR {_SQLITE_FAR_FUTURE}
-                OR (typeof(e."timestamp") = 'text' AND e."timestamp" NOT GLOB '{SQLITE_DATE_GLOB}'))
-               AND e.created_at >= :start AND e.created_at < :end))"""
+def _extracted_columns(alias: str = "e") -> str:
+    """The source columns of ``events AS <alias>`` as the extraction selects them: ``_RESIDUE_COLUMNS``,
+    the payload as text (JSON, JSONB or text alike, so sizes are the stored bytes)."""
+    return ", ".join(
+        f"CAST({alias}.payload AS TEXT) AS payload" if c == "payload" else f'{alias}."{c}"' for c in _RESIDUE_COLUMNS
+    )
+
+
+def _insert_clean_rows(target: str, *, day: str, ts: str, created_at: str, default_level: str) -> str:
+    """Both dialects' ``INSERT INTO target (every game_events column) SELECT ... FROM classified
+    WHERE fast``. The column list is ``tables.game_events``'s own and each value is named by its
+    column, so the two cannot drift apart; the arguments are the dialect's forms of the values."""
+    values = {
+        "event_date": day,
+        "event_id": "CAST(id AS TEXT)",
+        **{c: f"CAST({c} AS TEXT)" for c in _TEXT_COLUMNS},
+        "ts": ts,
+        "level": f"CASE WHEN no_level THEN CASE WHEN is_pos THEN {default_level} END ELSE level_text END",
+        "x": "CASE WHEN is_pos THEN x END",
+        "y": "CASE WHEN is_pos THEN y END",
+        "score": "score",
+        "final_score": "final_score",
+        "payload": "payload",
+        "created_at": created_at,
+    }
+    columns = [c.name for c in game_events.columns]
+    if sorted(values) != sorted(columns):
+        raise ValueError(f"values given for {sorted(values)}, game_events has {sorted(columns)}")
+    quoted = ", ".join(f'"{c}"' for c in columns)
+    selected = ",\n               ".join(values[c] for c in columns)
+    return f'INSERT INTO "{target}" ({quoted})\n        SELECT {selected}\n        FROM classified WHERE fast'
 
 
 class UnsupportedSource(Exception):
@@ -106,7 +128,7 @@ def _pg_check_types(types: dict[str, str]) -> None:
     problems = []
     if types.get("id") not in _PG_INTS | _PG_TEXTLIKE:
         problems.append(f"id is {types.get('id')}")
-    for name in ("user_id", "session_id", "event_name", "event_category"):
+    for name in (c for c in _TEXT_COLUMNS if c != "event_type"):
         if types.get(name) not in _PG_INTS | _PG_TEXTLIKE:
             problems.append(f"{name} is {types.get(name)}")
     if types.get("event_type") not in _PG_TEXTLIKE:
@@ -142,7 +164,6 @@ def _pg_id_is_unique(conn: sa.Connection) -> bool:
 # range (that needs 300+ digits), so their numbers are cast directly; longer payloads (rare
 # in telemetry) take the guarded, slower casts.
 SHORT_PAYLOAD_BYTES = 300
-SQLITE_LOAD_CACHE_KIB = 64 * 1024
 
 
 def _pg_number(jv: str) -> str:
@@ -177,7 +198,7 @@ def _pg_level(jv: str) -> str:
     )
 
 
-def _pg_statement(types: dict[str, str], id_unique: bool, target: str) -> str:
+def _pg_statement(types: dict[str, str], id_unique: bool, target: str, day: dt.date) -> str:
     # Which payloads may be cast to jsonb without an error, and then read the way Python reads
     # them. json/jsonb columns hold JSON PostgreSQL already parsed: only a huge exponent (a
     # numeric overflow when cast) needs excluding. Text may hold anything: only flat objects
@@ -201,20 +222,19 @@ def _pg_statement(types: dict[str, str], id_unique: bool, target: str) -> str:
     n_id = "1" if id_unique else "count(*) OVER (PARTITION BY e.id)"
     missing = "({v} IS NULL OR jsonb_typeof({v}) = 'null')"
     raw = ", ".join(f'"{c}"' for c in _RESIDUE_COLUMNS)
+    insert_clean = _insert_clean_rows(
+        target, day="CAST(:day AS date)", ts="ts_utc", created_at="created_utc", default_level="CAST(:default_level AS text)"
+    )
     # Each payload is parsed once: the OFFSET 0 fences stop the planner from inlining the
     # parse (and the member lookups) into every expression that uses them.
     statement = f"""
     WITH source_day AS (
-        SELECT e.id, e.user_id, e.session_id, e.event_type, e.event_name, e.event_category,
-               e."timestamp", e.created_at, {text_payload} AS payload,
+        SELECT {_extracted_columns("e")},
                {utc("timestamp")} AS ts_utc, {utc("created_at")} AS created_utc, {n_id} AS n_id,
                (octet_length({text_payload}) <= LEAST({SHORT_PAYLOAD_BYTES}, :fast_max)
                 AND {text_payload} !~ '[0-9.][eE]') AS short
         FROM events e
-        WHERE (e."timestamp" >= :start AND e."timestamp" < :end
-               AND NOT COALESCE(e."timestamp" >= e.created_at + INTERVAL '1 day', false))
-           OR ((e."timestamp" IS NULL OR e."timestamp" >= e.created_at + INTERVAL '1 day')
-               AND e.created_at >= :start AND e.created_at < :end)
+        WHERE {day_filter_text("postgresql", day, "e")}
         OFFSET 0
     ),
     parsed AS (
@@ -262,14 +282,7 @@ def _pg_statement(types: dict[str, str], id_unique: bool, target: str) -> str:
         FROM typed
     ),
     ins AS (
-        INSERT INTO "{target}" ({_GAME_EVENT_COLUMNS})
-        SELECT CAST(:day AS date), CAST(id AS text), CAST(user_id AS text), CAST(session_id AS text),
-               CAST(event_type AS text), CAST(event_name AS text), CAST(event_category AS text),
-               ts_utc,
-               CASE WHEN no_level THEN CASE WHEN is_pos THEN CAST(:default_level AS text) END ELSE level_text END,
-               CASE WHEN is_pos THEN x END, CASE WHEN is_pos THEN y END,
-               score, final_score, payload, created_utc
-        FROM classified WHERE fast
+        {insert_clean}
         RETURNING level, x, y
     ),
     res AS (
@@ -287,11 +300,11 @@ def _pg_statement(types: dict[str, str], id_unique: bool, target: str) -> str:
 
 
 def _params(day: dt.date, rules: CleaningRules, dialect: str) -> dict:
-    start = dt.datetime.combine(day, dt.time.min)
+    start, end = day_bounds(day)
     return {
         "day": day if dialect == "postgresql" else day.isoformat(),
         "start": start,
-        "end": start + dt.timedelta(days=1),
+        "end": end,
         "cutoff": rules.future_cutoff,
         "arrival_tolerance": rules.arrival_tolerance,
         "arrival_tolerance_days": rules.arrival_tolerance.total_seconds() / 86400,
@@ -313,12 +326,10 @@ def _pg_fast_insert(
     _pg_check_types(types)
     conn.execute(
         sa.text(
-            "CREATE TEMP TABLE etl_residue ON COMMIT DROP AS SELECT "
-            + ", ".join('CAST(payload AS text) AS payload' if c == "payload" else f'"{c}"' for c in _RESIDUE_COLUMNS)
-            + " FROM events WITH NO DATA"
+            f"CREATE TEMP TABLE etl_residue ON COMMIT DROP AS SELECT {_extracted_columns('e')} FROM events e WITH NO DATA"
         )
     )
-    statement = _pg_statement(types, _pg_id_is_unique(conn), target)
+    statement = _pg_statement(types, _pg_id_is_unique(conn), target, day)
     # The statement keeps the classified day in a tuplestore (the clean rows and the residue
     # both read it): in memory it costs a fraction of spilling ~160 bytes a row to disk.
     conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
@@ -382,7 +393,7 @@ def _sqlite_number(path: str) -> tuple[str, str]:
     return value, certain
 
 
-def _sqlite_select(id_unique: bool, rules: CleaningRules) -> str:
+def _sqlite_select(id_unique: bool, day: dt.date) -> str:
     ts_ok, ts_norm = _sqlite_ts("timestamp", same_day=True)
     created_ok, created_norm = _sqlite_ts("created_at", same_day=False)
     n_id = "1" if id_unique else "count(*) OVER (PARTITION BY CAST(e.id AS TEXT))"
@@ -402,13 +413,10 @@ def _sqlite_select(id_unique: bool, rules: CleaningRules) -> str:
         f"WHEN 'real' THEN CASE WHEN abs({lv}) < 1e15 AND {lv} = CAST({lv} AS INTEGER) "
         f"THEN CAST(CAST({lv} AS INTEGER) AS TEXT) END END)"
     )
-    textish = " AND ".join(
-        f"typeof(e.{c}) IN ('text', 'integer', 'null')" for c in ("user_id", "session_id", "event_type", "event_name", "event_category")
-    )
+    textish = " AND ".join(f"typeof(e.{c}) IN ('text', 'integer', 'null')" for c in _TEXT_COLUMNS)
     return f"""
     WITH src AS (
-        SELECT e.id, e.user_id, e.session_id, e.event_type, e.event_name, e.event_category,
-               e."timestamp", e.created_at, CAST(e.payload AS TEXT) AS payload,
+        SELECT {_extracted_columns("e")},
                {n_id} AS n_id,
                CASE WHEN e.id IS NOT NULL AND typeof(e.id) IN ('integer', 'text') AND {textish}
                      AND {ts_ok} AND {ts_norm} <= :cutoff_text
@@ -428,7 +436,7 @@ def _sqlite_select(id_unique: bool, rules: CleaningRules) -> str:
                {ts_norm} AS ts_norm,
                CASE WHEN e.created_at IS NOT NULL THEN {created_norm} END AS created_norm
         FROM events e
-        WHERE {_SQLITE_DAY}
+        WHERE {day_filter_text("sqlite", day, "e")}
         LIMIT -1 OFFSET 0  -- a fence: compute pre_ok once per row, not once per reference
     ),
     typed AS (
@@ -464,54 +472,38 @@ def _sqlite_fast_insert(
 
     params = _params(day, rules, "sqlite")
     params.update(
-        start=day.isoformat(),
-        end=(day + dt.timedelta(days=1)).isoformat(),
         cutoff_text=(rules.future_cutoff or dt.datetime.max).isoformat(sep=" ", timespec="microseconds"),
         position_types=json.dumps(params["position_types"]),
         levels=json.dumps(params["levels"]),
     )
-    with_clause = _sqlite_select(_sqlite_id_is_unique(conn), rules)
-    conn.execute(
-        sa.text(
-            with_clause
-            + f"""
-            INSERT INTO game_events ({_GAME_EVENT_COLUMNS})
-            SELECT :day, CAST(id AS TEXT), CAST(user_id AS TEXT), CAST(session_id AS TEXT),
-                   CAST(event_type AS TEXT), CAST(event_name AS TEXT), CAST(event_category AS TEXT),
-                   ts_norm,
-                   CASE WHEN no_level THEN CASE WHEN is_pos THEN :default_level END ELSE level_text END,
-                   CASE WHEN is_pos THEN x END, CASE WHEN is_pos THEN y END,
-                   score, final_score, payload, created_norm
-            FROM classified WHERE fast
-            """
-        ),
-        params,
+    with_clause = _sqlite_select(_sqlite_id_is_unique(conn), day)
+    insert_clean = _insert_clean_rows(
+        game_events.name, day=":day", ts="ts_norm", created_at="created_norm", default_level=":default_level"
     )
+    conn.execute(sa.text(f"{with_clause}\n    {insert_clean}"), params)
     # the driver's rowcount is unreliable for a statement that starts with WITH
     inserted = conn.exec_driver_sql("SELECT changes()").scalar_one()
     # The partition holds just these rows yet: their ranges, before the residue joins them.
+    g = game_events.c
     for row in conn.execute(
-        sa.text(
-            "SELECT level, count(*), min(x), max(x), min(y), max(y) FROM game_events "
-            "WHERE event_date = :day AND level IS NOT NULL AND x IS NOT NULL AND y IS NOT NULL GROUP BY level"
-        ),
-        {"day": params["day"]},
+        sa.select(g.level, sa.func.count(), sa.func.min(g.x), sa.func.max(g.x), sa.func.min(g.y), sa.func.max(g.y))
+        .where(g.event_date == day, g.level.is_not(None), g.x.is_not(None), g.y.is_not(None))
+        .group_by(g.level)
     ):
         ranges.add_summary(*row)
     # The residue is every row of the day whose id did not just land in the (emptied) partition:
     # a fast row's id is unique that day, so no other row shares it. This reads the day again
     # through the primary key instead of classifying every row a second time.
-    cols = ", ".join('CAST(e.payload AS TEXT) AS payload' if c == "payload" else f'e."{c}"' for c in _RESIDUE_COLUMNS)
     residue = sa.text(
         f"""
-        SELECT {cols} FROM events e
-        WHERE ({_SQLITE_DAY})
+        SELECT {_extracted_columns("e")} FROM events e
+        WHERE {day_filter_text("sqlite", day, "e")}
           AND (e.id IS NULL OR NOT EXISTS (
               SELECT 1 FROM game_events g WHERE g.event_date = :day AND g.event_id = CAST(e.id AS TEXT)))
         ORDER BY e.id, e.created_at
         """
     )
-    return int(inserted), residue, {k: params[k] for k in ("start", "end", "day")}
+    return int(inserted), residue, {"day": params["day"]}
 
 
 # ----------------------------------------------------------------------------- shared ----
@@ -536,7 +528,7 @@ def load_partition_sql(
     result = EtlResult(partition_date=day, method=f"sql+python-residue ({dialect})")
     cleaner = EventCleaner(day, rules, now)
     reasons: collections.Counter[str] = collections.Counter()
-    with engine.begin() as conn:
+    with engine.begin() as conn, load_page_cache(conn):
         if dialect == "postgresql":
             enc = conn.execute(sa.text("SHOW server_encoding")).scalar()
             if enc != "UTF8":  # octet_length must count the bytes Python counts
@@ -546,14 +538,7 @@ def load_partition_sql(
         if dialect == "postgresql":
             fast, residue_query, params = _pg_fast_insert(conn, day, rules, target.name, ranges)
         else:
-            # 64 MiB of page cache for the load (2 by default): its two indexes are written in an
-            # order that is not key order, which with the small cache re-reads pages (-10% time).
-            # Only here: the heatmaps' GROUP BY sorts slower with the big cache.
-            conn.exec_driver_sql(f"PRAGMA cache_size={-SQLITE_LOAD_CACHE_KIB}")
-            try:
-                fast, residue_query, params = _sqlite_fast_insert(conn, day, rules, ranges)
-            finally:
-                conn.exec_driver_sql("PRAGMA cache_size=-2000")
+            fast, residue_query, params = _sqlite_fast_insert(conn, day, rules, ranges)
         rows = conn.execute(residue_query, params, execution_options={"yield_per": chunk_size}).mappings()
         clean, quarantined = write_cleaned_chunks(conn, rows.partitions(chunk_size), cleaner, reasons, target, ranges)
         finish_day(conn, day, target, ranges)
