@@ -17,7 +17,7 @@ from heatmap_pipeline.defs.late_data import build_late_data_sensors
 from heatmap_pipeline.defs.partitions import date_partitions, heatmap_partitions
 from heatmap_pipeline.defs.resources import SourceDatabase, WarehouseDatabase
 from heatmap_pipeline.orchestration import db_retry_policy
-from heatmap_pipeline.defs.schedules import build_etl_schedule, build_heatmap_automation_sensor
+from heatmap_pipeline.defs.schedules import build_etl_schedule, build_automation_sensors
 from heatmap_pipeline.defs.sensors import build_admin_trigger_sensor
 from heatmap_pipeline.settings import Settings, get_settings
 
@@ -51,14 +51,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             *build_game_events_checks(settings, dates),
             *build_session_stats_checks(dates, db_retry_policy(settings)),
             *build_level_heatmaps_checks(settings, heatmap_keys),
-            build_freshness_checks(settings),
+            *build_freshness_checks(settings),
         ],
         jobs=[etl_job, heatmap_job, freshness_job],
         schedules=[build_etl_schedule(settings, etl_job), build_freshness_schedule(settings, freshness_job)],
         sensors=[
             *build_late_data_sensors(settings, etl_job, heatmap_job),
             build_admin_trigger_sensor(settings, etl_job, heatmap_job),
-            build_heatmap_automation_sensor(),
+            *build_automation_sensors(settings),
         ],
         resources=build_resources(settings),
         # Steps are short and database-bound: one process per run, not one per step.

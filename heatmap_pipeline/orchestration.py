@@ -101,6 +101,11 @@ def latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey, parti
     return records[0] if records else None
 
 
+def materialized_partitions(instance: dg.DagsterInstance, key: dg.AssetKey) -> set[str]:
+    """The partition keys of ``key`` with at least one materialization."""
+    return set(instance.get_materialized_partitions(key))
+
+
 def utc_from_timestamp(timestamp: float | None) -> dt.datetime | None:
     return None if timestamp is None else dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).replace(tzinfo=None)
 
@@ -145,6 +150,19 @@ def day_load(instance: dg.DagsterInstance, day: str, dates: dg.PartitionsDefinit
     if record is None:
         return DayLoad(day, NEVER_LOADED)
     return DayLoad(day, LOADED, run_id, at)
+
+
+# The embedded demo's whole week without a backfill: every missing partition whose inputs are loaded,
+# once (a failed attempt is not retried forever; re-run it by hand). AutomationCondition.on_missing()
+# only looks at the latest time window, i.e. today.
+DEMO_FILL_MISSING = (
+    dg.AutomationCondition.missing()
+    & ~dg.AutomationCondition.in_progress()
+    & ~dg.AutomationCondition.newly_requested()
+    & ~dg.AutomationCondition.execution_failed()
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+)
 
 
 # --- retries -------------------------------------------------------------------------------------

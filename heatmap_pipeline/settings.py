@@ -32,6 +32,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from heatmap_pipeline.core.binning import GridBounds
 
 
+DEFAULT_PARTITION_START_DATE = dt.date(2025, 1, 1)
+
+
 class SettingsError(ValueError):
     """A setting has a value we cannot run with. The message names the variable."""
 
@@ -89,8 +92,9 @@ class Settings(BaseSettings):
         description='Fixed world bounds per level, JSON: {"1": [xmin, xmax, ymin, ymax]}.',
         json_schema_extra=_derived("(none: each day's own min/max)"),
     )
-    partition_start_date: dt.date = Field(
-        "2025-01-01", alias="PARTITION_START_DATE", description="First daily partition (YYYY-MM-DD, UTC)."
+    configured_partition_start_date: dt.date | None = Field(
+        None, alias="PARTITION_START_DATE", description="First daily partition (YYYY-MM-DD, UTC).",
+        json_schema_extra=_derived("2025-01-01; embedded demo: the demo's first day"),
     )
     position_event_types: NameSet = Field(
         "move,position", alias="POSITION_EVENT_TYPES", description="event_type values that must carry x and y."
@@ -268,6 +272,11 @@ class Settings(BaseSettings):
         return self.configured_graphql_url or f"http://127.0.0.1:{self.dagster_ui_port}/graphql"
 
     @property
+    def partition_start_date(self) -> dt.date:
+        """PARTITION_START_DATE, else 2025-01-01 (``heatmap-pipeline`` sets it to the demo's first day in demo mode)."""
+        return self.configured_partition_start_date or DEFAULT_PARTITION_START_DATE
+
+    @property
     def dagster_home(self) -> Path:
         return self.configured_dagster_home or self.home / "dagster_home"
 
@@ -381,6 +390,9 @@ def child_environment(settings: Settings, **overrides: str) -> dict[str, str]:
         **os.environ,
         "HEATMAP_PIPELINE_HOME": str(settings.home.resolve()),
         "DAGSTER_HOME": str(settings.dagster_home.resolve()),
+        # the embedded demo's own first day, when prepare_environment chose it (children must agree)
+        **({"PARTITION_START_DATE": settings.configured_partition_start_date.isoformat()}
+           if settings.configured_partition_start_date else {}),
         **overrides,
     }
 

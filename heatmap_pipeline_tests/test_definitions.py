@@ -59,7 +59,7 @@ def test_definitions_snapshot(sqlite_url, monkeypatch):
             "etl_job": sorted(["game_events", "game_events_rows_reconciled", "game_events_unique_event_ids",
                                "session_stats", "session_stats_event_counts_reconciled"]),
             "heatmap_job": ["level_heatmaps", "level_heatmaps_matrix_consistent"],
-            "freshness_job": ["todays_freshness"],
+            "freshness_job": ["game_events_today_is_fresh", "level_heatmaps_today_is_fresh"],
         },
         "schedules": {
             "etl_schedule": ("*/15 * * * *", "etl_job", "RUNNING"),

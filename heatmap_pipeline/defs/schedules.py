@@ -71,17 +71,37 @@ def build_etl_schedule(settings: Settings, job) -> dg.ScheduleDefinition:
     return etl_schedule
 
 
-def build_heatmap_automation_sensor() -> dg.AutomationConditionSensorDefinition:
-    """Evaluates level_heatmaps' automation condition (defs/assets/heatmaps.py): today's heatmaps every
-    HEATMAP_INTERVAL_MINUTES, each launched only once game_events of today was updated after the tick.
+def build_automation_sensors(settings: Settings) -> list[dg.AutomationConditionSensorDefinition]:
+    """The sensors that evaluate the assets' automation conditions (defs/assets/*.py), on by default.
 
-    Declarative Automation replaces the old heatmap interval job: a schedule firing at the same minute as the
-    ETL ran ahead of it and published the previous load (or zeros). On by default, like the schedules."""
-    return dg.AutomationConditionSensorDefinition(
-        "heatmap_automation_sensor",
-        target=dg.AssetSelection.assets("level_heatmaps"),
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=30,
-        description="Launches today's level_heatmaps runs at each HEATMAP_INTERVAL_MINUTES tick once game_events "
-        "of today was updated since the tick and passed its checks.",
-    )
+    ``heatmap_automation_sensor``: today's heatmaps every HEATMAP_INTERVAL_MINUTES, each launched only
+    once game_events of today was updated after the tick. Declarative Automation replaces the old
+    heatmap interval job: a schedule firing at the same minute as the ETL ran ahead of it and published
+    the previous load (or zeros). One run per (date, level): several partitions of a multi-partitioned
+    asset in one backfill are unreliable upstream, so no backfills here.
+
+    ``demo_week_sensor`` (embedded demo only): loads the demo's missing days on first start, as one
+    backfill run (game_events' single-run backfill policy); their heatmaps then follow.
+    """
+    sensors = [
+        dg.AutomationConditionSensorDefinition(
+            "heatmap_automation_sensor",
+            target=dg.AssetSelection.assets("level_heatmaps"),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            minimum_interval_seconds=30,
+            emit_backfills=False,
+            description="Launches today's level_heatmaps runs at each HEATMAP_INTERVAL_MINUTES tick once "
+            "game_events of today was updated since the tick and passed its checks.",
+        )
+    ]
+    if settings.demo_mode:
+        sensors.append(
+            dg.AutomationConditionSensorDefinition(
+                "demo_week_sensor",
+                target=dg.AssetSelection.assets("game_events"),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=30,
+                description="Embedded demo only: loads the demo days that were never loaded, in one backfill run.",
+            )
+        )
+    return sensors

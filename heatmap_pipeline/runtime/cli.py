@@ -44,6 +44,14 @@ def prepare_environment(data_dir: str | None, demo_data: bool = True) -> Setting
             f"{settings.demo_database_path} ({inserted} new events). Set DATABASE_URL to use a real game database.",
             flush=True,
         )
+    if settings.demo_mode and settings.configured_partition_start_date is None:
+        # The demo's partitions start at its first day, so the UI reads "7 of 7", not 7 of 700.
+        from heatmap_pipeline.runtime import demo
+        from heatmap_pipeline.warehouse.db import get_engine
+
+        first = demo.first_day(get_engine(settings.source_url))
+        if first is not None:
+            settings = load_settings(child_environment(settings, PARTITION_START_DATE=first.isoformat()))
     return settings
 
 
@@ -102,6 +110,40 @@ def demo_api_key(path: Path) -> str:
     return key
 
 
+class DemoWeekProgress:
+    """Tells the console how far the demo's first load has come, until its whole week is in the UI."""
+
+    EVERY_SECONDS = 15.0
+
+    def __init__(self, settings: Settings):
+        self.settings, self.last_report, self.announced = settings, -self.EVERY_SECONDS, False
+
+    def report(self, elapsed: float) -> bool:
+        """Print progress now and then; True once every demo day has its ETL and every heatmap."""
+        if elapsed - self.last_report < self.EVERY_SECONDS:
+            return False
+        self.last_report = elapsed
+        import dagster as dg
+
+        from heatmap_pipeline.orchestration import GAME_EVENTS, LEVEL_HEATMAPS, materialized_partitions
+
+        first, today = self.settings.partition_start_date, dt.datetime.now(dt.timezone.utc).date()
+        days = [(first + dt.timedelta(days=i)).isoformat() for i in range((today - first).days + 1)]
+        with dg.DagsterInstance.from_config(str(self.settings.dagster_home)) as instance:
+            loaded = materialized_partitions(instance, GAME_EVENTS) & set(days)
+            maps = materialized_partitions(instance, LEVEL_HEATMAPS)
+        wanted = {f"{day}|{level}" for day in days for level in self.settings.heatmap_levels}
+        done = len(loaded) == len(days) and wanted <= maps
+        if not self.announced:
+            print(f"heatmap-pipeline: DEMO: loading the demo's {len(days)} days ({days[0]} to {days[-1]}) and their "
+                  f"{len(wanted)} heatmaps in the background (demo_week_sensor, heatmap_automation_sensor); "
+                  "this takes a minute or two. Watch them in the UI: Runs, or Catalog > game_analytics.", flush=True)
+            self.announced = True
+        print(f"heatmap-pipeline: DEMO: {len(loaded)}/{len(days)} days loaded, {len(wanted & maps)}/{len(wanted)} "
+              f"heatmaps after {elapsed:.0f}s{' - the demo week is ready' if done else ''}", flush=True)
+        return done
+
+
 def _interrupt(_signum, _frame):
     raise KeyboardInterrupt
 
@@ -145,6 +187,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     env = child_environment(settings, **overrides)
     processes = {name: subprocess.Popen(command, env=env) for name, command in commands.items()}
+    started, demo_progress = time.monotonic(), DemoWeekProgress(settings) if settings.demo_mode else None
     try:
         while True:
             for name, process in processes.items():
@@ -152,6 +195,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
                     print(f"heatmap-pipeline: {name} exited with code {process.returncode}; stopping the others",
                           file=sys.stderr, flush=True)
                     return process.returncode or 1
+            if demo_progress is not None and demo_progress.report(time.monotonic() - started):
+                demo_progress = None
             time.sleep(0.5)
     except KeyboardInterrupt:
         return 0

@@ -183,3 +183,14 @@ def top_up(engine: sa.Engine, now: dt.datetime | None = None) -> int:
             conn.execute(demo_state.insert().values(id=1, **values))
     log.info("demo data: inserted %d synthetic events up to %s (DATABASE_URL unset: demo mode)", len(rows), now)
     return len(rows)
+
+
+def first_day(engine: sa.Engine) -> dt.date | None:
+    """The UTC day of the oldest demo event (the start of its week), or None before the first top-up."""
+    if not sa.inspect(engine).has_table("events"):
+        return None
+    src = source_events_table()
+    oldest = sa.select(sa.func.min(src.c.timestamp)).where(src.c.timestamp.op("GLOB")("[0-9][0-9][0-9][0-9]-*"))
+    with engine.connect() as conn:
+        value = conn.execute(oldest).scalar()
+    return dt.date.fromisoformat(str(value)[:10]) if value else None

@@ -19,6 +19,7 @@ from heatmap_pipeline.defs.assets.common import (
 )
 from heatmap_pipeline.defs.resources import SourceDatabase, WarehouseDatabase
 from heatmap_pipeline.orchestration import (
+    DEMO_FILL_MISSING,
     GAME_EVENTS,
     db_retry_policy,
     reports_database_errors,
@@ -50,6 +51,9 @@ def build_game_events_asset(settings: Settings, partitions: dg.PartitionsDefinit
         backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"sql"},
         retry_policy=db_retry_policy(settings),
+        # The embedded demo loads its whole week on first start; a real database is loaded by the
+        # schedule (today) and by backfills the team chooses (history).
+        automation_condition=DEMO_FILL_MISSING if settings.demo_mode else None,
         description="Cleaned, typed events of one UTC day (table game_events); malformed rows go to "
         "quarantined_events with a reason." + demo_note,
     )

@@ -11,6 +11,7 @@ from heatmap_pipeline.core.render import render_heatmap_png
 from heatmap_pipeline.defs.resources import WarehouseDatabase
 from heatmap_pipeline.core.cron import interval_cron_schedules
 from heatmap_pipeline.orchestration import (
+    DEMO_FILL_MISSING,
     LAST_LOAD_FAILED,
     NEVER_LOADED,
     DayLoad,
@@ -56,7 +57,10 @@ def heatmap_automation_condition(settings: Settings) -> dg.AutomationCondition:
     condition = dg.AutomationCondition.on_cron(crons[0], cron_timezone="UTC")
     for cron in crons[1:]:  # an interval that does not divide the hour needs several crons
         condition = condition | dg.AutomationCondition.on_cron(cron, cron_timezone="UTC")
-    return condition & dg.AutomationCondition.all_deps_blocking_checks_passed()
+    condition = condition & dg.AutomationCondition.all_deps_blocking_checks_passed()
+    if settings.demo_mode:  # the demo's whole week, without a backfill: each loaded day's missing heatmaps
+        condition = condition | DEMO_FILL_MISSING
+    return condition
 
 
 def build_level_heatmaps_asset(
