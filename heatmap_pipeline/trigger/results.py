@@ -2,7 +2,9 @@
 
 Old shape, kept: ``{"status": "ok", "results": [{"status": "ok", "job": "etl"}, {"status": "ok",
 "job": "heatmap", "results": [{"level": "1", "date": "2025-11-16", "sum": 30.0}]}]}``.
-Added: request id, state, run ids and Dagster statuses, and ``error`` messages.
+Added: request id, state, run ids and Dagster statuses, and ``error`` messages. A heatmap-only
+request whose day was not loaded answers with the ``etl`` entry it ran first, whose ``reason`` says
+why. ``levels`` lists heatmap levels only when the request has a heatmap task.
 """
 
 from __future__ import annotations
@@ -50,11 +52,13 @@ def heatmap_sums(engine: sa.Engine, request: TriggerRequest) -> dict[str, float 
 def request_body(engine: sa.Engine, request: TriggerRequest) -> dict:
     day = request.date.isoformat()
     results: list[dict] = []
-    for task in request.tasks:
+    for task in request.stages:
         if task == "etl":
             status = _slot_status(request, "etl", task)
             item = {"status": status, "job": "etl", "run_id": request.run_ids.get("etl"), "date": day,
                     "dagster_status": request.run_statuses.get("etl")}
+            if "etl" not in request.tasks:
+                item["reason"] = f"added before the heatmap: {request.etl_reason}"
             statuses = [status]
         else:
             sums = heatmap_sums(engine, request) if "heatmap" in request.tasks else {}
@@ -80,7 +84,7 @@ def request_body(engine: sa.Engine, request: TriggerRequest) -> dict:
         "request_id": request.id,
         "state": request.state,
         "tasks": request.tasks,
-        "levels": request.levels,
+        "levels": request.levels if "heatmap" in request.tasks else [],
         "date": day,
         "run_ids": request.run_ids,
         "results": results,

@@ -55,6 +55,7 @@ class JobResult(BaseModel):
     status: str = Field(description="ok, error, running, pending or skipped")
     job: Literal["etl", "heatmap"]
     run_id: str | None = Field(None, description="etl only")
+    reason: str | None = Field(None, description="etl only: why the ETL ran first for a heatmap-only request (its day was not loaded)")
     date: str | None = None
     dagster_status: str | None = None
     results: list[HeatmapLevelResult] | None = Field(None, description="heatmap only: one entry per level")
@@ -66,7 +67,7 @@ class RunJobsResponse(BaseModel):
     request_id: str
     state: str = Field(description="pending, launching, launched, done or error")
     tasks: list[str]
-    levels: list[str]
+    levels: list[str] = Field(description="heatmap levels; empty for an ETL-only request")
     date: str
     run_ids: dict[str, str]
     results: list[JobResult]
