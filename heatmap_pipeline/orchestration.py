@@ -106,6 +106,69 @@ def materialized_partitions(instance: dg.DagsterInstance, key: dg.AssetKey) -> s
     return set(instance.get_materialized_partitions(key))
 
 
+# --- is a day loaded? ----------------------------------------------------------------------------
+# A heatmap reads game_events, so a day is "loaded" only when Dagster says the latest attempt to
+# materialize its game_events partition succeeded. Both launchers of the admin trigger and the
+# backfill command decide with :func:`etl_needed_because`: the sensor and the CLI feed it
+# :func:`game_events_status` (the instance), the admin API the same status read through GraphQL
+# (``assetPartitionStatuses``, trigger/graphql.py). Dagster ranks a partition's statuses
+# in progress > failed > materialized, in the instance and in GraphQL alike.
+_IN_PROGRESS_NAMES = ("IN_PROGRESS", "MATERIALIZING")  # the instance's name, GraphQL's name
+_FAILED_NAME, _MATERIALIZED_NAME = "FAILED", "MATERIALIZED"
+
+
+def etl_needed_because(day: str, status: str | None) -> str | None:
+    """Why ``day``'s ETL must run before its heatmap, or None when game_events ``day`` is loaded.
+
+    ``status``: the partition's Dagster status name (MATERIALIZED, FAILED, IN_PROGRESS or
+    MATERIALIZING), None when it was never materialized or attempted."""
+    if status == _MATERIALIZED_NAME:
+        return None
+    if status in _IN_PROGRESS_NAMES:
+        return f"game_events {day} is being materialized right now; the heatmap waits for that ETL run"
+    if status == _FAILED_NAME:
+        return f"the latest materialization of game_events {day} failed; a heatmap would read stale or no rows"
+    return f"game_events {day} was never materialized; a heatmap would read no rows"
+
+
+def game_events_status(instance: dg.DagsterInstance, dates: dg.PartitionsDefinition, day: str) -> str | None:
+    """Dagster's status of the game_events partition ``day`` (see :func:`etl_needed_because`)."""
+    statuses = instance.get_status_by_partition(GAME_EVENTS, [day], dates) or {}  # None: never materialized at all
+    status = statuses.get(day)
+    return status.value if status else None
+
+
+def run_failure_reason(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """What made a run fail, as its failed steps said it (``step: message``); None if no step failed."""
+    records = instance.get_records_for_run(
+        run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
+    ).records
+    steps, run_message = {}, None
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type == dg.DagsterEventType.STEP_FAILURE:
+            data = event.step_failure_data
+            description = data.user_failure_data.description if data.user_failure_data else None
+            steps[event.step_key] = description or (data.error.message.strip() if data.error else event.message)
+        else:
+            run_message = event.message
+    return failure_summary(steps, run_message)
+
+
+def failure_summary(step_messages: dict[str, str], run_message: str | None) -> str | None:
+    """One line from a run's failed steps (the last failure of each step wins: retries), else its run failure."""
+    if step_messages:
+        return "; ".join(f"{step}: {_text_first_line(message)}" for step, message in step_messages.items())
+    return _text_first_line(run_message) if run_message else None
+
+
+def _text_first_line(text: str) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[0].strip() if lines else ""
+
+
 def utc_from_timestamp(timestamp: float | None) -> dt.datetime | None:
     return None if timestamp is None else dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).replace(tzinfo=None)
 

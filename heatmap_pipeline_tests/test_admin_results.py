@@ -65,3 +65,25 @@ def test_running_request_reports_what_is_known(tmp_path):
     assert body["status"] == "running" and body["state"] == "launched"
     assert body["results"][0]["status"] == "running" and body["results"][1]["status"] == "pending"
     assert all(r["sum"] is None for r in body["results"][1]["results"])
+
+
+def test_etl_only_request_lists_no_heatmap_levels(tmp_path):
+    # The request row keeps the default levels; the answer names only what ran.
+    body = request_body(warehouse(tmp_path), request(tasks=["etl"], stage="etl", run_ids={"etl": "e"},
+                                                     run_statuses={"etl": "SUCCESS"}))
+    assert body["status"] == "ok" and body["tasks"] == ["etl"] and body["levels"] == []
+    assert [item["job"] for item in body["results"]] == ["etl"]
+
+
+def test_heatmap_only_request_with_an_added_etl_answers_both_in_order_with_the_reason(tmp_path):
+    added = request(tasks=["heatmap"], levels=["1"], etl_reason="game_events 2025-11-16 was never materialized",
+                    run_ids={"etl": "e", "heatmap:1": "h1"}, run_statuses={"etl": "SUCCESS", "heatmap:1": "SUCCESS"})
+    engine = warehouse(tmp_path)
+    body = request_body(engine, added)
+    assert body["status"] == "ok" and body["tasks"] == ["heatmap"] and body["levels"] == ["1"]
+    etl, heatmap = body["results"]
+    assert {k: etl[k] for k in ("status", "job", "run_id")} == {"status": "ok", "job": "etl", "run_id": "e"}
+    assert etl["reason"] == "added before the heatmap: game_events 2025-11-16 was never materialized"
+    assert heatmap["job"] == "heatmap" and [(r["level"], r["sum"]) for r in heatmap["results"]] == [("1", 30.0)]
+    # An ETL the request asked for carries no reason.
+    assert "reason" not in request_body(engine, request())["results"][0]

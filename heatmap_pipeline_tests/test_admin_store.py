@@ -1,7 +1,10 @@
 """admin_trigger_requests on SQLite and PostgreSQL: a stage is claimed by exactly one launcher."""
 
+import dataclasses
 import datetime as dt
 import threading
+
+import sqlalchemy as sa
 
 from heatmap_pipeline.trigger import store
 from heatmap_pipeline.trigger.validation import TriggerSpec
@@ -69,3 +72,33 @@ def test_stale_claim_is_taken_over_only_if_unchanged(db_url):
     assert store.take_over(engine, seen, "admin_trigger_sensor")
     assert not store.take_over(engine, seen, "someone_else")  # updated_at moved on
     assert store.get_request(engine, request.id).launched_by == "admin_trigger_sensor"
+
+
+def test_the_etl_is_added_only_by_the_launcher_holding_the_heatmap_claim_and_is_remembered(db_url):
+    engine = engine_for(db_url)
+    spec = TriggerSpec(tasks=("heatmap",), levels=("1",), date=dt.date(2025, 11, 16))
+    request = store.create_request(engine, spec, None)
+    assert request.stages == ["heatmap"] and request.next_stage() is None
+    assert not store.add_etl(engine, request, "unclaimed")  # pending: nobody holds the claim
+    assert store.claim(engine, request.id, "heatmap", "admin_api")
+    claimed = store.get_request(engine, request.id)
+    assert not store.add_etl(engine, dataclasses.replace(claimed, launched_by="admin_trigger_sensor"), "not the claimer")
+    assert store.add_etl(engine, claimed, "game_events 2025-11-16 was never materialized")
+    row = store.get_request(engine, request.id)
+    assert (row.state, row.stage, row.launched_by) == ("launching", "etl", "admin_api")
+    assert row.tasks == ["heatmap"] and row.stages == ["etl", "heatmap"] and row.next_stage() == "heatmap"
+    assert row.etl_reason == "game_events 2025-11-16 was never materialized"
+    assert not store.add_etl(engine, row, "again")  # the stage is etl now: decided once
+
+
+def test_an_earlier_versions_request_table_gets_the_etl_reason_column(db_url):
+    engine = get_engine(db_url)
+    with engine.begin() as conn:  # admin_trigger_requests as the previous release created it
+        conn.execute(sa.text(
+            "CREATE TABLE admin_trigger_requests (id VARCHAR(36) PRIMARY KEY, tasks JSON NOT NULL, levels JSON NOT NULL, "
+            "date DATE NOT NULL, state VARCHAR(16) NOT NULL, stage VARCHAR(16) NOT NULL, run_ids JSON NOT NULL, "
+            "run_statuses JSON, launched_by VARCHAR(32), requester VARCHAR(128), error TEXT, "
+            "created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL, finished_at TIMESTAMP)"))
+    ensure_warehouse_schema(engine)
+    request = store.create_request(engine, SPEC, None)
+    assert store.get_request(engine, request.id).etl_reason is None

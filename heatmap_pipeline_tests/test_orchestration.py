@@ -18,6 +18,7 @@ from heatmap_pipeline.orchestration import (
     IN_FLIGHT_NAMES,
     UNREACHABLE,
     classify_database_error,
+    etl_needed_because,
     reports_database_errors,
 )
 from heatmap_pipeline.warehouse.db import get_engine
@@ -170,3 +171,12 @@ def test_a_bug_is_not_retried():
 def test_one_in_flight_status_list_for_the_instance_and_graphql():
     assert dg.DagsterRunStatus.MANAGED in IN_FLIGHT  # the list the schedules used had lost MANAGED
     assert IN_FLIGHT_NAMES == tuple(status.value for status in IN_FLIGHT)
+
+
+def test_a_day_is_loaded_only_when_its_latest_game_events_attempt_succeeded():
+    # The instance says IN_PROGRESS where GraphQL says MATERIALIZING: both mean "wait for that ETL".
+    assert etl_needed_because("2025-11-16", "MATERIALIZED") is None
+    assert etl_needed_because("2025-11-16", None) == "game_events 2025-11-16 was never materialized; a heatmap would read no rows"
+    assert etl_needed_because("2025-11-16", "FAILED").startswith("the latest materialization of game_events 2025-11-16 failed")
+    assert etl_needed_because("2025-11-16", "IN_PROGRESS") == etl_needed_because("2025-11-16", "MATERIALIZING")
+    assert "being materialized" in etl_needed_because("2025-11-16", "IN_PROGRESS")

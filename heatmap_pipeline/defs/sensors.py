@@ -2,8 +2,10 @@
 
 Every tick it looks at the active rows of ``admin_trigger_requests``:
 - pending: claim the current stage (one conditional UPDATE, so the endpoint and the sensor never
-  both launch it) and yield its runs. Run keys hold the request id and the run slot, and Dagster
-  never launches a run key twice, so yielding them again on a later tick is harmless;
+  both launch it) and yield its runs. A heatmap-only request whose day the instance does not report
+  as loaded gets its ETL stage first (launcher.etl_first_if_needed, the endpoint's decision too).
+  Run keys hold the request id and the run slot, and Dagster never launches a run key twice, so
+  yielding them again on a later tick is harmless;
 - launching (claimed by the sensor): yield the same run keys again, adopt the runs they created;
 - launching (claimed by the endpoint, untouched for STALE_CLAIM_SECONDS): the endpoint died midway;
   adopt its runs and launch the rest;
@@ -17,11 +19,12 @@ import dagster as dg
 
 from heatmap_pipeline.core.clock import utcnow
 from heatmap_pipeline.trigger import store
-from heatmap_pipeline.trigger.launcher import settle_stage
+from heatmap_pipeline.trigger.launcher import etl_first_if_needed, settle_stage
 from heatmap_pipeline.trigger.plan import stage_runs
 from heatmap_pipeline.trigger.store import TriggerRequest
+from heatmap_pipeline.defs.partitions import date_partitions
 from heatmap_pipeline.defs.resources import WarehouseDatabase
-from heatmap_pipeline.orchestration import PARTITION_TAG, REQUEST_TAG, partition_run
+from heatmap_pipeline.orchestration import PARTITION_TAG, REQUEST_TAG, game_events_status, partition_run, run_failure_reason
 from heatmap_pipeline.settings import Settings
 
 SENSOR = "admin_trigger_sensor"
@@ -70,20 +73,34 @@ def _launch(context, engine, settings: Settings, request: TriggerRequest) -> lis
     return run_requests
 
 
+def _etl_first_if_needed(context, engine, settings: Settings, request: TriggerRequest) -> TriggerRequest:
+    """On a fresh claim of a heatmap stage: ask the instance whether the day is loaded."""
+    dates = date_partitions(settings)
+    decided = etl_first_if_needed(engine, request, lambda day: game_events_status(context.instance, dates, day))
+    if decided.stage != request.stage:
+        context.log.info(f"request {request.id}: etl_job {request.date} first: {decided.etl_reason}")
+    return decided
+
+
 def step(context, engine, settings: Settings, request: TriggerRequest, ui_url: str) -> list[dg.RunRequest]:
     """Move one request forward as far as this tick can; return the runs to launch."""
     if request.state == "launched":
-        settle_stage(engine, settings, request, _statuses_of(context.instance), ui_url)
+        settle_stage(engine, settings, request, _statuses_of(context.instance), ui_url,
+                     lambda run_id: run_failure_reason(context.instance, run_id))
         request = store.get_request(engine, request.id)
     if request.state == "pending" and store.claim(engine, request.id, request.stage, SENSOR):
-        return _launch(context, engine, settings, store.get_request(engine, request.id))
+        claimed = _etl_first_if_needed(context, engine, settings, store.get_request(engine, request.id))
+        return _launch(context, engine, settings, claimed)
     if request.state == "launching":
         if request.launched_by == SENSOR:
-            return _launch(context, engine, settings, request)
+            return _launch(context, engine, settings, request)  # the same stage again: never re-decided
         age = (utcnow() - request.updated_at).total_seconds()
         if age > STALE_CLAIM_SECONDS and store.take_over(engine, request, SENSOR):
             context.log.warning(f"request {request.id}: claimed by {request.launched_by} {age:.0f}s ago and never launched; taking over")
-            return _launch(context, engine, settings, store.get_request(engine, request.id))
+            taken = store.get_request(engine, request.id)
+            if not _runs_of_request(context.instance, taken):  # the endpoint launched nothing: decide now
+                taken = _etl_first_if_needed(context, engine, settings, taken)
+            return _launch(context, engine, settings, taken)
     return []
 
 

@@ -263,13 +263,21 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    """Materialize a date range in this process, recorded in the instance so the UI shows the runs."""
+    """Materialize a date range in this process, recorded in the instance so the UI shows the runs.
+
+    A heatmap is computed only from a loaded day: when a day's ETL fails here, or (``--job heatmap``)
+    Dagster does not report its game_events partition as materialized by its latest attempt, that
+    day's heatmaps are not run but reported SKIPPED with the reason. Any failure or skip exits 1."""
     settings = prepare_environment(args.data_dir)
     # The runs execute here: Dagster reads DAGSTER_HOME, and the resources EnvVar("DATABASE_URL"), from os.environ.
     export_environment(child_environment(settings))
     import dagster as dg
 
     from heatmap_pipeline.definitions import build_definitions
+    from heatmap_pipeline.defs.partitions import date_partitions
+    from heatmap_pipeline.orchestration import (
+        ETL_JOB, HEATMAP_JOB, TRIGGER_TAG, etl_needed_because, game_events_status, run_failure_reason,
+    )
 
     defs = build_definitions(settings)
     start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
@@ -279,29 +287,48 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     unknown = [level for level in levels if level not in settings.heatmap_levels]
     if unknown:
         _fail(f"--levels {','.join(unknown)} not in HEATMAP_LEVELS ({','.join(settings.heatmap_levels)})")
-    failures = 0
+    tags = {TRIGGER_TAG: "cli_backfill"}
+    counts = {"ok": 0, "FAILED": 0, "SKIPPED": 0}
+
+    def report(name: str, result: dg.ExecuteInProcessResult) -> None:
+        outcome = "ok" if result.success else "FAILED"
+        counts[outcome] += 1
+        reason = None if result.success else run_failure_reason(instance, result.run_id)
+        print(f"{name}: {outcome} run {result.run_id}{f': {reason}' if reason else ''}", flush=True)
+
     with dg.DagsterInstance.get() as instance:
+        dates = date_partitions(settings)
         day = start
         while day <= end:
             key = day.isoformat()
+            blocked = None  # why this day's heatmaps must not run
             if args.job in ("etl", "all"):
-                result = defs.resolve_job_def("etl_job").execute_in_process(
-                    partition_key=key, instance=instance, raise_on_error=False, tags={"heatmap_pipeline/trigger": "cli_backfill"}
+                result = defs.resolve_job_def(ETL_JOB).execute_in_process(
+                    partition_key=key, instance=instance, raise_on_error=False, tags=tags
                 )
-                failures += not result.success
-                print(f"etl_job {key}: {'ok' if result.success else 'FAILED'} run {result.run_id}", flush=True)
+                report(f"{ETL_JOB} {key}", result)
+                if not result.success:
+                    blocked = f"{ETL_JOB} {key} failed: run {result.run_id}"
+            elif (why := etl_needed_because(key, game_events_status(instance, dates, key))) is not None:
+                blocked = f"{why}; load it first: heatmap-pipeline backfill --job etl --start {key} --end {key}"
             if args.job in ("heatmap", "all"):
                 for level in levels:
-                    result = defs.resolve_job_def("heatmap_job").execute_in_process(
+                    name = f"{HEATMAP_JOB} {key}|{level}"
+                    if blocked:
+                        counts["SKIPPED"] += 1
+                        print(f"{name}: SKIPPED ({blocked})", flush=True)
+                        continue
+                    result = defs.resolve_job_def(HEATMAP_JOB).execute_in_process(
                         partition_key=dg.MultiPartitionKey({"date": key, "level": level}),
                         instance=instance,
                         raise_on_error=False,
-                        tags={"heatmap_pipeline/trigger": "cli_backfill"},
+                        tags=tags,
                     )
-                    failures += not result.success
-                    print(f"heatmap_job {key}|{level}: {'ok' if result.success else 'FAILED'} run {result.run_id}", flush=True)
+                    report(name, result)
             day += dt.timedelta(days=1)
-    return 1 if failures else 0
+    print(f"heatmap-pipeline backfill: {counts['ok']} ok, {counts['FAILED']} failed, {counts['SKIPPED']} skipped",
+          file=sys.stderr if counts["FAILED"] or counts["SKIPPED"] else sys.stdout, flush=True)
+    return 1 if counts["FAILED"] or counts["SKIPPED"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import httpx
 
-from heatmap_pipeline.orchestration import API_KEY_HEADER, IN_FLIGHT_NAMES, PARTITION_TAG
+from heatmap_pipeline.orchestration import API_KEY_HEADER, GAME_EVENTS, IN_FLIGHT_NAMES, PARTITION_TAG, failure_summary
 
 
 _REPOSITORIES = """
@@ -39,6 +39,40 @@ query HeatmapPipelineRuns($filter: RunsFilter!, $limit: Int) {
     ... on Error { message }
   }
 }"""
+
+# The partition statuses the UI shows; for daily partitions Dagster answers with ranges whose
+# statuses are already flattened (materializing > failed > materialized).
+_PARTITION_STATUSES = """
+query HeatmapPipelinePartitionStatuses($assetKey: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $assetKey) {
+    __typename
+    ... on AssetNode {
+      assetPartitionStatuses {
+        __typename
+        ... on TimePartitionStatuses { ranges { startKey endKey status } }
+        ... on DefaultPartitionStatuses { materializedPartitions failedPartitions materializingPartitions }
+      }
+    }
+    ... on Error { message }
+  }
+}"""
+
+_RUN_FAILURE = """
+query HeatmapPipelineRunFailure($runId: ID!, $cursor: String) {
+  logsForRun(runId: $runId, afterCursor: $cursor) {
+    __typename
+    ... on EventConnection {
+      cursor hasMore
+      events {
+        __typename
+        ... on ExecutionStepFailureEvent { stepKey message error { message } failureMetadata { description } }
+        ... on RunFailureEvent { message }
+      }
+    }
+    ... on Error { message }
+  }
+}"""
+_MAX_LOG_PAGES = 50
 
 
 class DagsterUnreachable(RuntimeError):
@@ -124,3 +158,40 @@ class DagsterGraphQL:
             limit=1,
         )
         return runs[0]["runId"] if runs else None
+
+    def game_events_status(self, day: str) -> str | None:
+        """The status of game_events partition ``day`` as the UI shows it: MATERIALIZED, FAILED,
+        MATERIALIZING, or None (never materialized). Read by orchestration.etl_needed_because."""
+        data = self.execute(_PARTITION_STATUSES, {"assetKey": {"path": GAME_EVENTS.path}})["assetNodeOrError"]
+        if data["__typename"] != "AssetNode":
+            raise DagsterRejected(f"cannot read the partitions of game_events: {data.get('message') or data['__typename']}")
+        statuses = data["assetPartitionStatuses"]
+        if statuses["__typename"] == "TimePartitionStatuses":
+            # Daily keys are ISO dates, so they compare as strings.
+            for status_range in statuses["ranges"]:
+                if status_range["startKey"] <= day <= status_range["endKey"]:
+                    return status_range["status"]
+            return None
+        for status, field in (("MATERIALIZING", "materializingPartitions"), ("FAILED", "failedPartitions"),
+                              ("MATERIALIZED", "materializedPartitions")):
+            if day in (statuses.get(field) or []):
+                return status
+        return None
+
+    def run_failure_reason(self, run_id: str) -> str | None:
+        """What made the run fail, from its failed steps' messages (orchestration.failure_summary)."""
+        steps, run_message, cursor = {}, None, None
+        for _ in range(_MAX_LOG_PAGES):
+            data = self.execute(_RUN_FAILURE, {"runId": run_id, "cursor": cursor})["logsForRun"]
+            if data["__typename"] != "EventConnection":
+                return None
+            for event in data["events"]:
+                if event["__typename"] == "ExecutionStepFailureEvent":
+                    description = (event.get("failureMetadata") or {}).get("description")
+                    steps[event["stepKey"]] = description or (event.get("error") or {}).get("message") or event["message"]
+                elif event["__typename"] == "RunFailureEvent":
+                    run_message = event["message"]
+            if not data["hasMore"]:
+                break
+            cursor = data["cursor"]
+        return failure_summary(steps, run_message)

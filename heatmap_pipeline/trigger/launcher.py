@@ -2,7 +2,8 @@
 
 :func:`drive` does one step through the Dagster GraphQL API (the admin API's side);
 ``admin_trigger_sensor`` does the same steps from the daemon with the instance (sensors.py).
-Both use :func:`settle_stage` once runs exist, and both claim before launching (store.py).
+Both claim before launching (store.py), both put the ETL before a heatmap-only request whose day
+is not loaded (:func:`etl_first_if_needed`) and both use :func:`settle_stage` once runs exist.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable
 
 import sqlalchemy as sa
 
+from heatmap_pipeline.orchestration import etl_needed_because
 from heatmap_pipeline.trigger import store
 from heatmap_pipeline.trigger.graphql import DagsterGraphQL, DagsterRejected, DagsterUnreachable
 from heatmap_pipeline.trigger.plan import failure_message, stage_outcome, stage_runs
@@ -28,15 +30,34 @@ BACKGROUND_DRIVE_SECONDS = 6 * 3600  # after that, admin_trigger_sensor alone mo
 _launch_lock = threading.Lock()
 
 
+def etl_first_if_needed(
+    engine: sa.Engine, request: TriggerRequest, status_of: Callable[[str], str | None]
+) -> TriggerRequest:
+    """For a just claimed heatmap stage of a request without ETL: ask Dagster (``status_of``: day ->
+    game_events partition status) whether the day is loaded; if not, put its ETL stage first.
+
+    Asked once, before any heatmap run of the request exists: never after its heatmaps launched."""
+    if request.stage != "heatmap" or "etl" in request.stages or any(slot.startswith("heatmap:") for slot in request.run_ids):
+        return request
+    day = request.date.isoformat()
+    reason = etl_needed_because(day, status_of(day))
+    if reason is None or not store.add_etl(engine, request, reason):
+        return request
+    log.info(f"request {request.id}: running etl_job {day} before the heatmaps: {reason}")
+    return store.get_request(engine, request.id)
+
+
 def settle_stage(
     engine: sa.Engine,
     settings: Settings,
     request: TriggerRequest,
     statuses_of: Callable[[list[str]], dict[str, str]],
     ui_url: str,
+    failure_of: Callable[[str], str | None] = lambda _run_id: None,
 ) -> str:
     """For a 'launched' request: read its runs' statuses; when all ended, finish or advance.
 
+    ``failure_of`` (run id -> what its failed steps said) makes the error say why a run failed.
     Returns the stage outcome ('running', 'success' or 'failure')."""
     planned = stage_runs(settings, request)
     slots = {run.slot: request.run_ids.get(run.slot) for run in planned}
@@ -45,7 +66,8 @@ def settle_stage(
     store.record_statuses(engine, request, {slot: status for slot, status in statuses.items() if status})
     outcome, failed = stage_outcome(statuses)
     if outcome == "failure":
-        store.finish(engine, request, error=failure_message(planned, request, failed, ui_url))
+        reasons = {slot: failure_of(slots[slot]) for slot in failed if slots[slot]}
+        store.finish(engine, request, error=failure_message(planned, request, failed, ui_url, reasons))
     elif outcome == "success":
         following = request.next_stage()
         if following:
@@ -61,6 +83,7 @@ def _launch_stage(engine: sa.Engine, settings: Settings, dagster: DagsterGraphQL
     started = time.monotonic()
     try:
         with _launch_lock:
+            request = etl_first_if_needed(engine, request, dagster.game_events_status)
             for run in stage_runs(settings, request):
                 if run.slot in request.run_ids:  # launched before a previous launcher lost Dagster
                     continue
@@ -87,7 +110,7 @@ def drive(engine: sa.Engine, settings: Settings, dagster: DagsterGraphQL, reques
         return request
     if request.state == "launched":
         try:
-            settle_stage(engine, settings, request, dagster.run_statuses, dagster.ui_url)
+            settle_stage(engine, settings, request, dagster.run_statuses, dagster.ui_url, dagster.run_failure_reason)
         except (DagsterUnreachable, DagsterRejected) as exc:
             log.warning(f"request {request.id}: cannot read run statuses yet: {exc}")
         request = store.get_request(engine, request_id)

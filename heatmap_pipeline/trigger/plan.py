@@ -58,12 +58,17 @@ def stage_outcome(statuses: dict[str, str | None]) -> tuple[str, list[str]]:
     return ("failure" if failed else "success"), failed
 
 
-def failure_message(planned: list[PlannedRun], request: TriggerRequest, failed: list[str], ui_url: str) -> str:
+def failure_message(
+    planned: list[PlannedRun], request: TriggerRequest, failed: list[str], ui_url: str,
+    reasons: dict[str, str | None] | None = None,
+) -> str:
+    """Which runs failed, why (``reasons``: slot -> what their failed steps said) and where to look."""
     by_slot = {run.slot: run for run in planned}
     parts = []
     for slot in failed:
         run_id = request.run_ids.get(slot)
         status = request.run_statuses.get(slot) or "NOT FOUND"
-        parts.append(f"{by_slot[slot].job_name} run {run_id} (partition {by_slot[slot].partition_key}) ended {status}; "
-                     f"see {ui_url}/runs/{run_id}")
+        reason = (reasons or {}).get(slot)
+        parts.append(f"{by_slot[slot].job_name} run {run_id} (partition {by_slot[slot].partition_key}) ended {status}"
+                     f"{f': {reason}' if reason else ''}; see {ui_url}/runs/{run_id}")
     return "; ".join(parts)

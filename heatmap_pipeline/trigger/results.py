@@ -2,7 +2,9 @@
 
 Old shape, kept: ``{"status": "ok", "results": [{"status": "ok", "job": "etl"}, {"status": "ok",
 "job": "heatmap", "results": [{"level": "1", "date": "2025-11-16", "sum": 30.0}]}]}``.
-Added: request id, state, run ids and Dagster statuses, and ``error`` messages.
+Added: request id, state, run ids and Dagster statuses, and ``error`` messages. A heatmap-only
+request whose day was not loaded answers with the ``etl`` entry it ran first, whose ``reason`` says
+why. ``levels`` lists heatmap levels only when the request has a heatmap task.
 
 The models below are the shape: :func:`request_answer` fills them and the admin API declares them
 as its ``response_model``, serialized without unset fields (an ``error`` or ``message`` that does
@@ -41,6 +43,9 @@ class EtlResult(BaseModel):
     run_id: str | None
     date: dt.date
     dagster_status: str | None
+    reason: str | None = Field(
+        None, description="Only when the ETL ran first for a heatmap-only request: why (its day was not loaded)"
+    )
     error: str | None = Field(None, description=_ERROR)
 
 
@@ -56,7 +61,7 @@ class RunJobsResponse(BaseModel):
     request_id: str
     state: str = Field(description="pending, launching, launched (the current stage's runs), done or error")
     tasks: list[Task]
-    levels: list[str]
+    levels: list[str] = Field(description="Heatmap levels; empty for an ETL-only request")
     date: dt.date
     run_ids: dict[str, str] = Field(description='Run id of each slot: "etl", "heatmap:<level>"')
     results: list[Annotated[EtlResult | HeatmapResult, Field(discriminator="job")]] = Field(description="One entry per task, in run order")
@@ -100,11 +105,13 @@ def heatmap_sums(engine: sa.Engine, request: TriggerRequest) -> dict[str, float 
 def request_answer(engine: sa.Engine, request: TriggerRequest) -> RunJobsResponse:
     day = request.date
     results: list[EtlResult | HeatmapResult] = []
-    for task in request.tasks:
+    for task in request.stages:
         if task == "etl":
             status = _slot_status(request, "etl", task)
             item = EtlResult(status=status, job="etl", run_id=request.run_ids.get("etl"), date=day,
                              dagster_status=request.run_statuses.get("etl"))
+            if "etl" not in request.tasks:
+                item.reason = f"added before the heatmap: {request.etl_reason}"
         else:
             sums = heatmap_sums(engine, request)
             levels = []
@@ -123,7 +130,7 @@ def request_answer(engine: sa.Engine, request: TriggerRequest) -> RunJobsRespons
         results.append(item)
     overall = {"done": "ok", "error": "error"}.get(request.state, "running" if request.run_ids else "pending")
     answer = RunJobsResponse(
-        status=overall, request_id=request.id, state=request.state, tasks=request.tasks, levels=request.levels,
+        status=overall, request_id=request.id, state=request.state, tasks=request.tasks, levels=request.levels if "heatmap" in request.tasks else [],
         date=day, run_ids=request.run_ids, results=results, status_url=f"/admin/run-jobs/{request.id}",
     )
     if request.error:

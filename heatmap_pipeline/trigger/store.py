@@ -3,8 +3,12 @@
 A request runs its stages in order (``etl``, then ``heatmap``). For the current stage it is:
 
     pending --claim--> launching --mark_launched--> launched --advance--> pending (next stage)
-                           |  release (webserver unreachable)              `--finish--> done | error
-                           `--------> pending
+                         |  |  release (webserver unreachable)             `--finish--> done | error
+                         |  `--------> pending
+                         `--add_etl--> launching (stage etl)
+
+``add_etl``: a heatmap-only request whose day Dagster does not report as loaded gets the ETL stage
+first (launcher.etl_first_if_needed); ``etl_reason`` records why, and ``stages`` includes it.
 
 Every transition is one conditional UPDATE checked by its rowcount, so whoever launches a stage
 (the endpoint or ``admin_trigger_sensor``) has won the claim first: a stage is launched once.
@@ -43,13 +47,19 @@ class TriggerRequest:
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    etl_reason: str | None = None  # set when the ETL was added to a heatmap-only request: why
 
     @property
     def finished(self) -> bool:
         return self.state in TERMINAL
 
+    @property
+    def stages(self) -> list[str]:
+        """The stages it runs, in order: its tasks, after the added ETL if any."""
+        return ["etl", *self.tasks] if self.etl_reason and "etl" not in self.tasks else list(self.tasks)
+
     def next_stage(self) -> str | None:
-        later = self.tasks[self.tasks.index(self.stage) + 1:]
+        later = self.stages[self.stages.index(self.stage) + 1:]
         return later[0] if later else None
 
 
@@ -119,6 +129,15 @@ def release(engine: sa.Engine, request: TriggerRequest, launched: dict[str, str]
 def mark_launched(engine: sa.Engine, request: TriggerRequest, run_ids: dict[str, str]) -> bool:
     merged = {**request.run_ids, **run_ids}
     return _transition(engine, request.id, {"state": "launching", "stage": request.stage}, state="launched", run_ids=merged)
+
+
+def add_etl(engine: sa.Engine, request: TriggerRequest, reason: str) -> bool:
+    """launching (heatmap) -> launching (etl), by the launcher holding the claim: the day is not
+    loaded, so its ETL runs first and the heatmaps after it (``stages``)."""
+    return _transition(
+        engine, request.id, {"state": "launching", "stage": "heatmap", "launched_by": request.launched_by},
+        stage="etl", etl_reason=reason,
+    )
 
 
 def advance(engine: sa.Engine, request: TriggerRequest, next_stage: str) -> bool:

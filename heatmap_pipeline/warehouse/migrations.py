@@ -3,7 +3,7 @@
 ``heatmap-pipeline migrate`` runs :func:`ensure_warehouse_schema`; so does ``heatmap-pipeline dev`` at
 start, the admin API at start, and ``WarehouseDatabase.setup_for_execution`` before a run uses the
 warehouse. It creates what is missing, adds missing columns to the old system's ``heatmaps`` and
-``leaderboard_aggregates``, and on PostgreSQL makes ``game_events`` the day-partitioned table
+``leaderboard_aggregates`` and to an earlier version's ``admin_trigger_requests``, and on PostgreSQL makes ``game_events`` the day-partitioned table
 (migrating an earlier version's plain table once, rows and all). Idempotent and cheap when done.
 """
 
@@ -62,7 +62,7 @@ def ensure_warehouse_schema(engine: sa.Engine) -> None:
         inspector = sa.inspect(conn)
         old_tables = {t.name for t in metadata.sorted_tables if inspector.has_table(t.name)}
         metadata.create_all(conn, checkfirst=True)
-        for name in ("heatmaps", "leaderboard_aggregates"):
+        for name in ("heatmaps", "leaderboard_aggregates", "admin_trigger_requests"):
             if name in old_tables:
                 _add_missing_columns(conn, metadata.tables[name])
         if "heatmaps" in old_tables:

@@ -168,5 +168,6 @@ admin_trigger_requests = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=False), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=False), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=False)),
+    sa.Column("etl_reason", sa.Text, comment="why the ETL stage was put before a heatmap-only request's heatmaps"),
     sa.Index("ix_admin_trigger_requests_state", "state"),
 )
