@@ -205,10 +205,10 @@ LOADED, NEVER_LOADED, LAST_LOAD_FAILED = "loaded", "never_loaded", "last_load_fa
 def day_load(instance: dg.DagsterInstance, day: str, dates: dg.PartitionsDefinition) -> DayLoad:
     """The load state of one game_events day. An attempt still running does not hide the last success."""
     record = latest_materialization(instance, GAME_EVENTS, day)
-    status = (instance.get_status_by_partition(GAME_EVENTS, [day], dates) or {}).get(day)
+    status = game_events_status(instance, dates, day)
     run_id = record.run_id if record else None
     at = utc_from_timestamp(record.timestamp) if record else None
-    if status == dg.AssetPartitionStatus.FAILED:
+    if status == _FAILED_NAME:
         return DayLoad(day, LAST_LOAD_FAILED, run_id, at)
     if record is None:
         return DayLoad(day, NEVER_LOADED)
