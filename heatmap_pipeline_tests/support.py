@@ -98,13 +98,26 @@ def build_defs(monkeypatch, url: str | None, **extra: str) -> dg.Definitions:
     return build_definitions(load_settings())
 
 
+_INSTANCES: dict[int, tuple[dg.Definitions, dg.DagsterInstance]] = {}
+
+
+def instance_of(defs: dg.Definitions, instance=None) -> dg.DagsterInstance:
+    """The instance given, or one in-memory instance per Definitions: a heatmap run must see the ETL
+    run before it (level_heatmaps refuses a day whose game_events was never materialized)."""
+    if instance is not None:
+        return instance
+    if id(defs) not in _INSTANCES:
+        _INSTANCES[id(defs)] = (defs, dg.DagsterInstance.ephemeral())  # defs kept alive: its id stays unique
+    return _INSTANCES[id(defs)][1]
+
+
 def materialize_etl(defs: dg.Definitions, day: str, instance=None) -> dg.ExecuteInProcessResult:
-    return defs.resolve_job_def("etl_job").execute_in_process(partition_key=day, instance=instance)
+    return defs.resolve_job_def("etl_job").execute_in_process(partition_key=day, instance=instance_of(defs, instance))
 
 
 def materialize_heatmap(defs: dg.Definitions, day: str, level: str, instance=None) -> dg.ExecuteInProcessResult:
     key = dg.MultiPartitionKey({"date": day, "level": level})
-    return defs.resolve_job_def("heatmap_job").execute_in_process(partition_key=key, instance=instance)
+    return defs.resolve_job_def("heatmap_job").execute_in_process(partition_key=key, instance=instance_of(defs, instance))
 
 
 def table_rows(url: str, table: sa.Table, order_by=None) -> list[dict]:
