@@ -115,10 +115,15 @@ def test_checks_run_in_the_jobs_per_partition_and_pass_on_good_tables(loaded):
 
 def test_checks_are_blocking_and_partitioned_in_the_definitions(monkeypatch, sqlite_url):
     defs = build_defs(monkeypatch, sqlite_url)
-    specs = {spec.key.name: spec for checks in defs.asset_checks for spec in checks.check_specs}
+    all_specs = [spec for checks in defs.asset_checks for spec in checks.check_specs]
+    specs = {spec.key.name: spec for spec in all_specs if spec.key.name != "today_is_fresh"}
     assert set(specs) == {"rows_reconciled", "unique_event_ids", "event_counts_reconciled", "matrix_consistent"}
     assert all(spec.blocking for spec in specs.values())
     assert all(spec.partitions_def is not None for spec in specs.values())
+    # the freshness checks look at today whatever the run's partition: unpartitioned, WARN, never blocking
+    freshness = [spec for spec in all_specs if spec.key.name == "today_is_fresh"]
+    assert {spec.asset_key.to_user_string() for spec in freshness} == {"game_events", "level_heatmaps"}
+    assert not any(spec.blocking or spec.partitions_def for spec in freshness)
 
 
 # --- game_events: rows extracted = clean + quarantined -----------------------------------------

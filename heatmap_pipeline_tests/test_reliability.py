@@ -157,22 +157,25 @@ def test_daemon_back_after_hours_launches_one_catch_up_run_per_job(monkeypatch, 
         assert instance.get_runs() == []
         daemon_iteration(context, down_since + dt.timedelta(hours=5))
         runs = instance.get_runs()
-        by_job = {job: [r for r in runs if r.job_name == job] for job in ("etl_job", "heatmap_job")}
+        by_job = {job: [r for r in runs if r.job_name == job] for job in ("etl_job", "heatmap_job", "freshness_job")}
         assert [r.tags["dagster/partition"] for r in by_job["etl_job"]] == ["2026-01-10"]
         assert by_job["heatmap_job"] == []  # no heatmap ahead of its ETL
+        assert len(by_job["freshness_job"]) == 1  # its schedule coalesces too
         assert all(r.status == dg.DagsterRunStatus.QUEUED for r in runs)  # submitted to the run queue
         ticks = {
             state.instigator_name: instance.get_ticks(state.instigator_origin_id, state.selector_id)
             for state in instance.all_instigator_state()
-            if state.instigator_name == "etl_schedule"
+            if state.instigator_name in ("etl_schedule", "freshness_schedule")
         }
         caught_up_at = (down_since + dt.timedelta(hours=5)).replace(second=0).timestamp()
         assert {name: [t.timestamp for t in tick_list] for name, tick_list in ticks.items()} == {
-            "etl_schedule": [caught_up_at],  # one tick, the latest
+            "etl_schedule": [caught_up_at],  # one tick each, the latest
+            "freshness_schedule": [caught_up_at],
         }
 
         daemon_iteration(context, down_since + dt.timedelta(hours=5, minutes=15))
-        assert len(instance.get_runs()) == 1  # the ETL run of today is still queued: not launched again
+        etl_runs = [r for r in instance.get_runs() if r.job_name == "etl_job"]
+        assert len(etl_runs) == 1  # the ETL run of today is still queued: not launched again
         [etl_state] = [s for s in instance.all_instigator_state() if s.instigator_name == "etl_schedule"]
         latest = instance.get_ticks(etl_state.instigator_origin_id, etl_state.selector_id)[0]
         assert latest.status.value == "SKIPPED" and "already queued or running: 2026-01-10" in latest.skip_reason
