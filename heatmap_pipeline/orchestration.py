@@ -49,6 +49,10 @@ REQUEST_TAG = "heatmap_pipeline/admin_request"  # the admin_trigger_requests id
 REQUESTER_TAG = "heatmap_pipeline/requester"  # client address of the admin request
 LATE_ROWS_TAG = "heatmap_pipeline/late_rows"
 SOURCE_RUN_TAG = "heatmap_pipeline/after_run"
+# The concurrency pool of the steps that read and write the warehouse. Its limit is the instance's
+# (deploy/dagster.yaml, concurrency.pools): it caps the warehouse connections busy at once across
+# every run and worker. Without a limit (the embedded default) it changes nothing.
+WAREHOUSE_POOL = "warehouse"
 
 # --- run statuses --------------------------------------------------------------------------------
 # A run in one of these has not ended: a new request for its job and partition shares it.

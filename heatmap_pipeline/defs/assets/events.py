@@ -20,6 +20,7 @@ from heatmap_pipeline.defs.assets.common import (
 from heatmap_pipeline.defs.resources import SourceDatabase, WarehouseDatabase
 from heatmap_pipeline.orchestration import (
     GAME_EVENTS,
+    WAREHOUSE_POOL,
     db_retry_policy,
     reports_database_errors,
     run_start_of_latest_materialization,
@@ -50,6 +51,7 @@ def build_game_events_asset(settings: Settings, partitions: dg.PartitionsDefinit
         backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"sql"},
         retry_policy=db_retry_policy(settings),
+        pool=WAREHOUSE_POOL,
         description="Cleaned, typed events of one UTC day (table game_events); malformed rows go to "
         "quarantined_events with a reason." + demo_note,
     )

@@ -12,6 +12,7 @@ from heatmap_pipeline.core.render import render_heatmap_png
 from heatmap_pipeline.defs.resources import WarehouseDatabase
 from heatmap_pipeline.orchestration import (
     GAME_EVENTS,
+    WAREHOUSE_POOL,
     db_retry_policy,
     latest_materialization,
     reports_database_errors,
@@ -39,6 +40,7 @@ def build_level_heatmaps_asset(settings: Settings, partitions: dg.MultiPartition
         deps=["game_events"],
         kinds={"sql", "numpy"},
         retry_policy=db_retry_policy(settings),
+        pool=WAREHOUSE_POOL,
         description=f"Position counts of one level on one UTC day on a {settings.heatmap_grid_size}x"
         f"{settings.heatmap_grid_size} grid (table heatmaps; matrix rows = y bins, columns = x bins).",
     )
