@@ -44,6 +44,9 @@ VARIABLES: list[tuple[str, str, str]] = [
     ("ADMIN_SENSOR_INTERVAL_SECONDS", "10", "Minimum seconds between admin_trigger_sensor ticks (1-3600)."),
     ("DAGSTER_UI_ANONYMOUS_READ_ONLY", "false", "true: the Dagster UI is readable without a key (launches still need one)."),
     ("HEATMAP_PIPELINE_HOME", "./.heatmap_pipeline", "Data directory of the embedded default (SQLite file, DAGSTER_HOME)."),
+    # --- production: alerts and readiness ---
+    ("RUN_FAILURE_WEBHOOK_URL", "(none: failures are only logged)", "http(s) URL that run_failure_sensor POSTs a JSON message to when a run fails."),
+    ("READYZ_MAX_HEARTBEAT_AGE_SECONDS", "120", "GET /readyz fails when a Dagster daemon's last heartbeat is older than this (10-3600)."),
 ]
 
 
@@ -88,6 +91,9 @@ class Settings:
     admin_sensor_interval_seconds: int = 10
     dagster_ui_anonymous_read_only: bool = False
     home: Path = Path(".heatmap_pipeline")
+    # --- production: alerts and readiness ---
+    run_failure_webhook_url: str | None = field(default=None, repr=False)  # may hold a token: never logged
+    readyz_max_heartbeat_age_seconds: float = 120.0
 
     @property
     def demo_mode(self) -> bool:
@@ -221,6 +227,23 @@ def _graphql_url(env: Mapping[str, str], ui_port: int) -> str:
     return raw
 
 
+def _webhook_url(env: Mapping[str, str]) -> str | None:
+    name = "RUN_FAILURE_WEBHOOK_URL"
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(raw)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise SettingsError(f"{name} has an invalid port; expected e.g. https://hooks.example.com/alerts.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:  # the value is not echoed: it may hold a token
+        raise SettingsError(f"{name} is not an http(s) URL; expected e.g. https://hooks.example.com/alerts.")
+    return raw
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting; raise SettingsError naming the first bad variable."""
     env = os.environ if env is None else env
@@ -263,4 +286,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         admin_sensor_interval_seconds=_number(env, "ADMIN_SENSOR_INTERVAL_SECONDS", 10, 1, 3600),
         dagster_ui_anonymous_read_only=_flag(env, "DAGSTER_UI_ANONYMOUS_READ_ONLY", False),
         home=Path(env.get("HEATMAP_PIPELINE_HOME", "").strip() or ".heatmap_pipeline"),
+        # --- production: alerts and readiness ---
+        run_failure_webhook_url=_webhook_url(env),
+        readyz_max_heartbeat_age_seconds=_number(env, "READYZ_MAX_HEARTBEAT_AGE_SECONDS", 120.0, 10.0, 3600.0, float),
     )

@@ -199,7 +199,10 @@ def production_stack(root: Path, source_rows: list[dict], extra_env: dict[str, s
             "DAGSTER_GRAPHQL_URL": f"http://127.0.0.1:{ui_port}/graphql",
             "ETL_INTERVAL_MINUTES": "1440",  # the only ticks are the ones queued before the daemon starts
             "HEATMAP_INTERVAL_MINUTES": "1440",
-            "DB_RETRY_MAX_RETRIES": "0",
+            # Two days' ETL runs at once (yesterday's and today's at midnight) can deadlock on the
+            # partition swap (40P01); that is a retried error, as in production, with a short delay.
+            "DB_RETRY_MAX_RETRIES": "3",
+            "DB_RETRY_DELAY_SECONDS": "1",
             "ADMIN_SENSOR_INTERVAL_SECONDS": "2",
             **instance_env(instance_db_url),
             **(extra_env or {}),

@@ -187,3 +187,106 @@ def test_celery_worker_runs_heatmaps_of_several_levels_and_a_three_day_etl_backf
     worker, daemon = stack.process_tree("worker"), stack.process_tree("daemon")
     assert set(pids.values()) <= worker - {stack.processes["worker"].pid}, (pids, worker)
     assert not set(pids.values()) & daemon
+
+
+@pytest.mark.slow
+def test_readyz_and_metrics_of_the_running_stack(stack):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + 30
+    while (ready := httpx.get(f"{stack.admin_url}/readyz", timeout=30)).status_code != 200:
+        assert time.monotonic() < deadline, ready.text  # the daemon's first heartbeats take a few seconds
+        time.sleep(1)
+    checks = ready.json()["checks"]
+    assert all(check["ok"] for check in checks.values()) and set(checks) == {"database", "dagster_webserver", "dagster_daemon"}
+    text = httpx.get(f"{stack.admin_url}/metrics", timeout=30).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("heatmap_pipeline_metrics_source_up", (("source", "dagster"),))] == 1
+    assert samples[("dagster_runs", (("job", "etl_job"), ("status", "SUCCESS")))] >= 2  # the scheduled ETL runs
+    heartbeats = {dict(labels)["daemon"]: value for (name, labels), value in samples.items()
+                  if name == "dagster_daemon_heartbeat_age_seconds"}
+    assert {"SCHEDULER", "SENSOR", "QUEUED_RUN_COORDINATOR"} <= set(heartbeats) and max(heartbeats.values()) < 120
+
+
+# --- the Dagster UI in a real browser --------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _browser_or_skip():
+    """Playwright driving Debian's Chromium (browsers cannot be downloaded here). Without them the
+    test skips and says why; under CI (CI=true) it fails instead."""
+    import os
+    import shutil
+
+    reason = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        reason = f"playwright is not installed ({exc}); pip install -e '.[test]'"
+    if reason is None and not shutil.which(CHROMIUM):
+        reason = f"no Chromium at {CHROMIUM}; apt-get install -y chromium (.ci/run does)"
+    if reason:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (required under CI)")
+        pytest.skip(reason)
+    return sync_playwright
+
+
+@pytest.mark.slow
+def test_dagster_ui_in_chromium_shows_the_assets_partitions_and_a_heatmap_preview(stack, tmp_path):
+    sync_playwright = _browser_or_skip()
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    stack.wait_for_runs(stack.scheduled_run_ids)  # today's heatmaps, written by the scheduled runs
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            # Without credentials the front door refuses the UI: a 401 asking for Basic auth, which a
+            # headless browser cannot answer.
+            from playwright.sync_api import Error as BrowserError
+
+            anonymous = browser.new_context()
+            with pytest.raises(BrowserError, match="ERR_INVALID_AUTH_CREDENTIALS"):
+                anonymous.new_page().goto(stack.ui_url)
+            assert anonymous.request.get(stack.ui_url).status == 401
+            anonymous.close()
+            # Basic auth, as a browser's login prompt sends it: any user name, the key as password.
+            context = browser.new_context(http_credentials={"username": "operator", "password": KEY},
+                                          viewport={"width": 1400, "height": 1000})
+            page = context.new_page()
+            page.set_default_timeout(20000)
+            try:
+                assert page.goto(f"{stack.ui_url}/asset-groups/game_analytics/list").status == 200
+                for asset in ("game_events", "session_stats", "level_heatmaps"):
+                    page.get_by_text(asset, exact=True).first.wait_for()
+                # The graph's nodes: every day since PARTITION_START_DATE; level_heatmaps x 2 levels.
+                days = (dt.date.fromisoformat(today) - dt.date(2025, 1, 1)).days + 1
+                page.get_by_text(f"{days * 2:,} partitions", exact=True).first.wait_for()
+                assert page.get_by_text(f"{days:,} partitions", exact=True).count() == 2  # game_events, session_stats
+                page.screenshot(path=shots / "1-assets.png")
+
+                # level_heatmaps: its date and level dimensions.
+                page.goto(f"{stack.ui_url}/assets/level_heatmaps?view=partitions")
+                page.locator("input[placeholder^='Filter by date']").wait_for()
+                page.locator("input[placeholder^='Filter by level']").wait_for()
+                page.get_by_text(f"{days * 2:,} Partitions Selected").wait_for()
+                page.screenshot(path=shots / "2-partitions.png")
+
+                # A materialized heatmap (today's level 2: five events) and its PNG preview.
+                page.goto(f"{stack.ui_url}/assets/level_heatmaps?view=partitions&partition={today}|2")
+                page.get_by_text("[Show Markdown]").first.click()
+                preview = page.locator(f"img[alt='heatmap level 2 {today}'][src^='data:image/png;base64']")
+                preview.wait_for()
+                width = preview.evaluate("img => img.complete ? img.naturalWidth : 0")
+                assert width > 100  # the PNG decoded and rendered, not a broken image
+                page.screenshot(path=shots / "3-heatmap-preview.png")
+            except Exception:
+                page.screenshot(path=shots / "failure.png")  # what the browser showed, for the failure report
+                raise
+        finally:
+            browser.close()
+    assert sorted(p.name for p in shots.iterdir()) == ["1-assets.png", "2-partitions.png", "3-heatmap-preview.png"]
+    print(f"screenshots in {shots}")

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from heatmap_pipeline.trigger import store
+from heatmap_pipeline.web.routers.metrics import build_metrics_router
 from heatmap_pipeline.web.auth import API_KEY_HEADER, NO_KEY_CONFIGURED, UNAUTHORIZED, matching_key
 from heatmap_pipeline.trigger.graphql import DagsterGraphQL
 from heatmap_pipeline.trigger.launcher import drive_until_finished
@@ -151,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.engine, app.state.dagster = settings, engine, dagster
     app.state.shutting_down = shutting_down
+    app.include_router(build_metrics_router(settings, engine))  # /metrics, /healthz, /readyz
 
     def warehouse() -> sa.Engine:
         if not schema_ready.is_set():
