@@ -173,8 +173,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     ensure_warehouse_schema(get_engine(settings.warehouse_url))
     print(f"heatmap-pipeline: warehouse tables are up to date in {redact(settings.warehouse_url)}", flush=True)
-    os.environ.update(env)  # the instance's dagster.yaml reads its settings (DAGSTER_PG_*) from the environment
-    create_instance_storage(env["DAGSTER_HOME"])
+    create_instance_storage(env["DAGSTER_HOME"])  # its dagster.yaml reads DAGSTER_PG_* from our environment
     print(f"heatmap-pipeline: Dagster instance storage is up to date (DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
     return 0
 
