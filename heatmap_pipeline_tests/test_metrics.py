@@ -8,7 +8,6 @@ import time
 
 import dagster as dg
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from heatmap_pipeline.settings import load_settings

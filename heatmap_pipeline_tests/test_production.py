@@ -18,7 +18,14 @@ import yaml
 from heatmap_pipeline.orchestration import WAREHOUSE_POOL
 from heatmap_pipeline.warehouse.tables import game_events, heatmaps
 from heatmap_pipeline_tests.prod_stack import DEPLOY, KEY, instance_env, production_stack
-from heatmap_pipeline_tests.support import build_defs, event, materialize_heatmap, old_readme_sample, table_rows
+from heatmap_pipeline_tests.support import (
+    build_defs,
+    event,
+    materialize_heatmap,
+    old_readme_sample,
+    table_rows,
+    write_source_events,
+)
 
 BACKFILL_DAYS = ["2025-11-14", "2025-11-15", "2025-11-16"]
 
@@ -60,11 +67,9 @@ def test_deploy_dagster_yaml_is_a_postgres_instance_with_the_old_limits(postgres
         raw = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
         assert "run_queue" not in raw and raw["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
 
-        # A run recorded in PostgreSQL, with the warehouse pool on its step (so the pool limit applies).
-        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+        # Runs recorded in PostgreSQL, their steps in the warehouse pool (so the pool limit applies).
+        assert WAREHOUSE_POOL not in instance.event_log_storage.get_concurrency_keys()
         defs = build_defs(monkeypatch, f"sqlite:///{tmp_path / 'game.sqlite'}")
-        from heatmap_pipeline_tests.support import write_source_events
-
         write_source_events(f"sqlite:///{tmp_path / 'game.sqlite'}", old_readme_sample())
         defs.resolve_job_def("etl_job").execute_in_process(partition_key="2025-11-16", instance=instance)
         result = materialize_heatmap(defs, "2025-11-16", "1", instance=instance)
