@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from heatmap_pipeline.defs.alerts import build_run_failure_sensor
 from heatmap_pipeline.defs.assets.events import build_game_events_asset, build_game_events_checks
 from heatmap_pipeline.defs.assets.heatmaps import build_level_heatmaps_asset, build_level_heatmaps_checks
 from heatmap_pipeline.defs.assets.sessions import build_session_stats_asset, build_session_stats_checks
@@ -59,6 +60,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             *build_late_data_sensors(settings, etl_job, heatmap_job),
             build_admin_trigger_sensor(settings, etl_job, heatmap_job),
             *build_automation_sensors(settings),
+            build_run_failure_sensor(settings),
         ],
         resources=build_resources(settings),
         # Steps are short and database-bound: one process per run, not one per step.

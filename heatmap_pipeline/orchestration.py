@@ -55,6 +55,11 @@ SOURCE_RUN_TAG = "heatmap_pipeline/after_run"
 # admin API read it, and the admin API's GraphQL client sends it to the webserver.
 API_KEY_HEADER = "x-api-key"
 
+# The concurrency pool of the steps that read and write the warehouse. Its limit is the instance's
+# (deploy/dagster.yaml, concurrency.pools): it caps the warehouse connections busy at once across
+# every run and worker. Without a limit (the embedded default) it changes nothing.
+WAREHOUSE_POOL = "warehouse"
+
 # --- run statuses --------------------------------------------------------------------------------
 # A run in one of these has not ended: a new request for its job and partition shares it.
 IN_FLIGHT = (

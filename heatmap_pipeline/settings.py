@@ -242,6 +242,32 @@ class Settings(BaseSettings):
 
     # Defined last on purpose: pydantic runs "before" validators from the last defined to the first,
     # so every field validator above receives the value stripped, and never an empty one.
+    # --- production: alerts and readiness ---
+    run_failure_webhook_url: str | None = Field(
+        None, alias="RUN_FAILURE_WEBHOOK_URL", repr=False,  # may hold a token: never logged
+        description="http(s) URL that run_failure_sensor POSTs a JSON message to when a run fails.",
+        json_schema_extra=_derived("(none: failures are only logged)"),
+    )
+    readyz_max_heartbeat_age_seconds: float = Field(
+        120, alias="READYZ_MAX_HEARTBEAT_AGE_SECONDS", ge=10, le=3600, allow_inf_nan=False,
+        description="GET /readyz fails when a Dagster daemon's last heartbeat is older than this.",
+    )
+
+    @field_validator("run_failure_webhook_url", mode="before")
+    @classmethod
+    def _webhook_url(cls, raw: Any, info: ValidationInfo) -> Any:
+        if raw is None or not str(raw).strip():
+            return None
+        name, raw = _alias(info), str(raw).strip()
+        parts = urlsplit(raw)
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise SettingsError(f"{name} has an invalid port; expected e.g. https://hooks.example.com/alerts.") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:  # the value is not echoed: it may hold a token
+            raise SettingsError(f"{name} is not an http(s) URL; expected e.g. https://hooks.example.com/alerts.")
+        return raw
+
     @field_validator("*", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:

@@ -7,6 +7,7 @@ where a missing server fails the run instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 
@@ -62,9 +63,9 @@ def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'game.sqlite'}"
 
 
-@pytest.fixture
-def postgres_url():
-    """A brand-new PostgreSQL database for this test, dropped afterwards."""
+@contextlib.contextmanager
+def postgres_database():
+    """A brand-new PostgreSQL database (its URL), dropped afterwards, even while servers still use it."""
     require_postgres()
     name = f"hp_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(ADMIN_POSTGRES_URL, isolation_level="AUTOCOMMIT")
@@ -80,6 +81,13 @@ def postgres_url():
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url():
+    """A brand-new PostgreSQL database for this test, dropped afterwards."""
+    with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -70,6 +70,7 @@ def test_definitions_snapshot(sqlite_url, monkeypatch):
             "heatmap_automation_sensor": ([], "RUNNING"),
             "heatmap_refresh_sensor": (["heatmap_job"], "RUNNING"),
             "late_events_sensor": (["etl_job"], "RUNNING"),
+            "run_failure_sensor": ([], "RUNNING"),
         },
     }
     graph = defs.resolve_asset_graph()

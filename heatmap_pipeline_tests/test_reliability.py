@@ -112,7 +112,7 @@ def test_retry_settings_are_validated_naming_the_variable():
 
 
 def test_daemon_back_after_hours_launches_one_catch_up_run_per_job(monkeypatch, tmp_path):
-    """The real scheduler iteration, with the scheduler and run_queue config of our dagster.yaml.
+    """The real scheduler iteration, with the scheduler and concurrency.runs config of our dagster.yaml.
 
     The daemon last ran at 10:00:30 and comes back at 15:00:30: 20 ETL ticks were missed. Only the
     latest tick is evaluated (max_catchup_runs: 1): one ETL run. The next tick finds it still queued and
@@ -152,6 +152,13 @@ def test_daemon_back_after_hours_launches_one_catch_up_run_per_job(monkeypatch, 
         dg.instance_for_test(overrides=overrides) as instance,
         WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin)) as context,
     ):
+        # The run queue reads concurrency.runs (not the legacy run_queue key): one run per partition key.
+        run_queue = instance.get_concurrency_config().run_queue_config
+        assert "run_queue" not in overrides
+        assert run_queue.tag_concurrency_limits == [
+            {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+        ]
+        assert instance.scheduler.max_catchup_runs == 1
         down_since = dt.datetime(2026, 1, 10, 10, 0, 30, tzinfo=dt.timezone.utc)
         daemon_iteration(context, down_since)
         assert instance.get_runs() == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import datetime as dt
 import secrets
 import signal
@@ -205,17 +206,31 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Create or migrate the warehouse tables (idempotent); ``dev`` does this at start."""
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        _fail(str(exc))
+    """Create or migrate the warehouse tables and the Dagster instance's storage (idempotent).
+
+    ``dev`` does this at start. In a deployment run it once before the webserver, the daemon and
+    the workers start, so they do not race each other creating the same tables."""
+    settings = prepare_environment(args.data_dir, demo_data=False)
+    export_environment(child_environment(settings))  # the instance's dagster.yaml reads DAGSTER_PG_* from it
     from heatmap_pipeline.warehouse.db import get_engine, redact
     from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
 
     ensure_warehouse_schema(get_engine(settings.warehouse_url))
     print(f"heatmap-pipeline: warehouse tables are up to date in {redact(settings.warehouse_url)}", flush=True)
+    create_instance_storage(str(settings.dagster_home))
+    print(f"heatmap-pipeline: Dagster instance storage is up to date (DAGSTER_HOME={settings.dagster_home})", flush=True)
     return 0
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    """The Dagster daemon alone (schedules, sensors, run queue, run monitoring and retries)."""
+    settings = prepare_environment(args.data_dir, demo_data=False)
+    workspace = write_workspace(settings.home)
+    print(f"heatmap-pipeline: Dagster daemon on DAGSTER_HOME={settings.dagster_home}, workspace {workspace}", flush=True)
+    # Replace this process: the daemon then gets the service manager's signals itself.
+    os.execve(sys.executable, [sys.executable, "-m", "dagster._daemon", "run", "-w", str(workspace)],
+              child_environment(settings))
+    return 0  # not reached
 
 
 def cmd_webserver(args: argparse.Namespace) -> int:
@@ -351,8 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--port", type=int, help="default $ADMIN_PORT or 8000")
     admin.add_argument("--data-dir")
     admin.set_defaults(func=cmd_admin)
-    migrate = sub.add_parser("migrate", help="create or migrate the warehouse tables (dev does this at start)")
+    migrate = sub.add_parser("migrate", help="create or migrate the warehouse tables and the Dagster instance storage")
+    migrate.add_argument("--data-dir")
     migrate.set_defaults(func=cmd_migrate)
+    daemon = sub.add_parser("daemon", help="run only the Dagster daemon (schedules, sensors, run queue)")
+    daemon.add_argument("--data-dir")
+    daemon.set_defaults(func=cmd_daemon)
     backfill = sub.add_parser("backfill", help="materialize a date range now, one run per day (and per level)")
     backfill.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
     backfill.add_argument("--end", required=True, help="last day, YYYY-MM-DD (inclusive)")

@@ -23,13 +23,14 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from heatmap_pipeline.orchestration import API_KEY_HEADER
+from heatmap_pipeline.web.routers.metrics import build_metrics_router
 from heatmap_pipeline.settings import Settings, load_settings
 from heatmap_pipeline.trigger.graphql import DagsterGraphQL
 from heatmap_pipeline.trigger.launcher import RequestDrivers
 from heatmap_pipeline.warehouse.db import get_engine, redact
 from heatmap_pipeline.warehouse.migrations import migrate_once
 from heatmap_pipeline.web.deps import client_host
-from heatmap_pipeline.web.routers import health, run_jobs
+from heatmap_pipeline.web.routers import run_jobs
 
 log = logging.getLogger("heatmap_pipeline.admin")
 DRIVER_JOIN_SECONDS = 30  # per background driver, at shutdown
@@ -82,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Set on shutdown, by the lifespan or earlier by cli.cmd_admin (before uvicorn waits for open
     # requests): waiting requests answer at once and background drivers stop after their current step.
     app.state.shutting_down = threading.Event()
-    app.include_router(health.router)
+    app.include_router(build_metrics_router(settings, app.state.engine))  # /metrics, /healthz, /readyz
     app.include_router(run_jobs.router)
     app.add_exception_handler(sa.exc.OperationalError, _database_down)
     app.middleware("http")(_access_log)

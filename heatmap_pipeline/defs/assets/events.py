@@ -21,6 +21,7 @@ from heatmap_pipeline.defs.resources import SourceDatabase, WarehouseDatabase
 from heatmap_pipeline.orchestration import (
     DEMO_FILL_MISSING,
     GAME_EVENTS,
+    WAREHOUSE_POOL,
     db_retry_policy,
     reports_database_errors,
     run_start_of_latest_materialization,
@@ -54,6 +55,7 @@ def build_game_events_asset(settings: Settings, partitions: dg.PartitionsDefinit
         # The embedded demo loads its whole week on first start; a real database is loaded by the
         # schedule (today) and by backfills the team chooses (history).
         automation_condition=DEMO_FILL_MISSING if settings.demo_mode else None,
+        pool=WAREHOUSE_POOL,
         description="Cleaned, typed events of one UTC day (table game_events); malformed rows go to "
         "quarantined_events with a reason." + demo_note,
     )

@@ -17,6 +17,7 @@ from heatmap_pipeline.orchestration import (
     DayLoad,
     day_load,
     GAME_EVENTS,
+    WAREHOUSE_POOL,
     db_retry_policy,
     latest_materialization,
     reports_database_errors,
@@ -74,6 +75,7 @@ def build_level_heatmaps_asset(
         kinds={"sql", "numpy"},
         retry_policy=db_retry_policy(settings),
         automation_condition=heatmap_automation_condition(settings),
+        pool=WAREHOUSE_POOL,
         description=f"Position counts of one level on one UTC day on a {settings.heatmap_grid_size}x"
         f"{settings.heatmap_grid_size} grid (table heatmaps; matrix rows = y bins, columns = x bins).",
     )

@@ -5,7 +5,7 @@ import dagster as dg
 from heatmap_pipeline.core.clock import utcnow
 from heatmap_pipeline.defs.assets.common import GROUP, daily_warehouse_check, partition_days
 from heatmap_pipeline.defs.resources import WarehouseDatabase
-from heatmap_pipeline.orchestration import reports_database_errors
+from heatmap_pipeline.orchestration import WAREHOUSE_POOL, reports_database_errors
 from heatmap_pipeline.warehouse import invariants
 from heatmap_pipeline.warehouse.sessions import replace_session_partition
 
@@ -21,6 +21,7 @@ def build_session_stats_asset(
         deps=["game_events"],
         kinds={"sql"},
         retry_policy=retry_policy,
+        pool=WAREHOUSE_POOL,
         description="Per-session stats of one UTC day (table session_stats) and the old "
         "leaderboard_aggregates(session_id, event_count, score_max), one row per session.",
     )
