@@ -228,7 +228,7 @@ def build(url: str):
     settings = load_settings({"DATABASE_URL": url, "HEATMAP_LEVELS": ",".join(LEVELS), "HEATMAP_GRID_SIZE": str(GRID)})
     resources = {"source": SourceDatabase(url=url), "warehouse": WarehouseDatabase(url=url)}
     events_asset = build_game_events_asset(settings, date_partitions(settings))
-    heatmaps_asset = build_level_heatmaps_asset(settings, heatmap_partitions(settings))
+    heatmaps_asset = build_level_heatmaps_asset(settings, heatmap_partitions(settings), date_partitions(settings))
 
     @dg.asset(partitions_def=date_partitions(settings), name="noop", required_resource_keys={"warehouse"})
     def noop(context) -> None:

@@ -133,11 +133,14 @@ def _launch_heatmap(stack, day: str, level: str) -> str:
 
 @pytest.mark.slow
 def test_scheduled_and_triggered_runs_complete_with_their_records_in_postgres(stack):
-    # The schedules' midnight tick (queued before the daemon started): ETL of yesterday and today,
-    # the heatmaps of both levels for both days; the daemon's run queue launched them.
+    # The schedules' midnight tick (queued before the daemon started): ETL of yesterday and today and
+    # the freshness checks; the daemon's run queue launched them. Heatmaps are no schedule: yesterday's
+    # follow its ETL (heatmap_refresh_sensor), today's wait for the next HEATMAP_INTERVAL_MINUTES tick.
     today = dt.datetime.now(dt.timezone.utc).date()
     scheduled = stack.wait_for_runs(stack.scheduled_run_ids)
-    assert len(scheduled) == 6 and set(scheduled.values()) == {"SUCCESS"}, scheduled
+    assert len(scheduled) == 3 and set(scheduled.values()) == {"SUCCESS"}, scheduled
+    refreshed = stack.wait_for_runs(_runs_tagged(stack, "heatmap_refresh_sensor", 2))
+    assert len(refreshed) == 2 and set(refreshed.values()) == {"SUCCESS"}, refreshed
 
     # A triggered run: the old endpoint, through the admin API and the webserver's GraphQL.
     response = httpx.post(f"{stack.admin_url}/admin/run-jobs", headers={"x-api-key": KEY},
@@ -147,7 +150,8 @@ def test_scheduled_and_triggered_runs_complete_with_their_records_in_postgres(st
 
     runs = {r["run_id"]: r for r in stack.dagster_runs()}  # the PostgreSQL runs table
     assert runs[triggered]["status"] == "SUCCESS" and runs[triggered]["pipeline_name"] == "heatmap_job"
-    assert sorted(runs[run_id]["pipeline_name"] for run_id in stack.scheduled_run_ids) == ["etl_job"] * 2 + ["heatmap_job"] * 4
+    assert sorted(runs[run_id]["pipeline_name"] for run_id in stack.scheduled_run_ids) == ["etl_job"] * 2 + ["freshness_job"]
+    assert {runs[run_id]["pipeline_name"] for run_id in refreshed} == {"heatmap_job"}
     engine = sa.create_engine(stack.instance_db_url)
     with engine.connect() as conn:
         tags = dict(conn.execute(sa.text("SELECT key, value FROM run_tags WHERE run_id = :id"), {"id": triggered}).all())
@@ -155,9 +159,27 @@ def test_scheduled_and_triggered_runs_complete_with_their_records_in_postgres(st
             "SELECT value, COUNT(*) FROM run_tags WHERE key = 'dagster/schedule_name' GROUP BY value")).all()
     engine.dispose()
     assert tags["heatmap_pipeline/trigger"] == "admin_api" and tags["dagster/partition"] == f"{today}|2"
-    assert dict(schedule_tags) == {"etl_schedule": 2, "heatmap_schedule": 4}
+    assert dict(schedule_tags) == {"etl_schedule": 2, "freshness_schedule": 1}
     totals = {(r["level"], r["date"]): r["total"] for r in table_rows(stack.warehouse_url, heatmaps)}
     assert totals[("2", today)] == 5.0  # today's five level-2 events
+
+
+def _runs_tagged(stack, trigger: str, count: int, timeout: float = 60.0) -> list[str]:
+    """The ids of ``count`` runs tagged heatmap_pipeline/trigger=``trigger``, once that many exist."""
+    deadline = time.monotonic() + timeout
+    engine = sa.create_engine(stack.instance_db_url)
+    try:
+        while True:
+            with engine.connect() as conn:
+                ids = conn.execute(sa.text("SELECT run_id FROM run_tags WHERE key = 'heatmap_pipeline/trigger' "
+                                           "AND value = :v"), {"v": trigger}).scalars().all()
+            if len(ids) >= count:
+                return list(ids)
+            assert time.monotonic() < deadline, f"only {len(ids)} {trigger} run(s) after {timeout}s"
+            stack.check_alive()
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.slow
@@ -243,7 +265,11 @@ def _browser_or_skip():
 def test_dagster_ui_in_chromium_shows_the_assets_partitions_and_a_heatmap_preview(stack, tmp_path):
     sync_playwright = _browser_or_skip()
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
-    stack.wait_for_runs(stack.scheduled_run_ids)  # today's heatmaps, written by the scheduled runs
+    stack.wait_for_runs(stack.scheduled_run_ids)  # today's ETL, written by the scheduled run
+    # Today's level-2 heatmap, through the old endpoint (its ETL is loaded, so the heatmap runs alone).
+    response = httpx.post(f"{stack.admin_url}/admin/run-jobs", headers={"x-api-key": KEY},
+                          json={"tasks": ["heatmap"], "levels": ["2"]}, timeout=60)
+    assert response.status_code == 200 and response.json()["status"] == "ok", response.text
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_playwright() as playwright:

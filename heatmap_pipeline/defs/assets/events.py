@@ -68,6 +68,7 @@ def build_game_events_asset(settings: Settings, partitions: dg.PartitionsDefinit
         totals = {"extracted": 0, "clean": 0, "quarantined": 0}
         reasons: dict[str, int] = {}
         methods = set()
+        positions: dict[str, int] = {}
         for day in partition_days(context):
             result = load_partition(
                 source.engine(), warehouse.engine(), day, cleaning_rules(settings, now), now, settings.etl_chunk_size
@@ -83,9 +84,12 @@ def build_game_events_asset(settings: Settings, partitions: dg.PartitionsDefinit
             for reason, count in result.reasons.items():
                 reasons[reason] = reasons.get(reason, 0) + count
             methods.add(result.method)
+            for level, count in result.positions.items():
+                positions[level] = positions.get(level, 0) + count
         return dg.MaterializeResult(
             metadata={
                 "rows_extracted": dg.MetadataValue.int(totals["extracted"]),
+                "position_events_by_level": dg.MetadataValue.json(positions),
                 "dagster/row_count": dg.MetadataValue.int(totals["clean"]),
                 "rows_quarantined": dg.MetadataValue.int(totals["quarantined"]),
                 "quarantine_reasons": dg.MetadataValue.json(reasons),

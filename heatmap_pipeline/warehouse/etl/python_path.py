@@ -39,7 +39,7 @@ def load_partition_python(
         result.clean, result.quarantined = write_cleaned_chunks(
             write, rows.partitions(chunk_size), cleaner, reasons, target, ranges
         )
-        finish_day(write, day, target, ranges)
+        result.positions = finish_day(write, day, target, ranges)
     result.extracted = cleaner.extracted
     result.reasons = dict(sorted(reasons.items()))
     return result

@@ -541,7 +541,7 @@ def load_partition_sql(
             fast, residue_query, params = _sqlite_fast_insert(conn, day, rules, ranges)
         rows = conn.execute(residue_query, params, execution_options={"yield_per": chunk_size}).mappings()
         clean, quarantined = write_cleaned_chunks(conn, rows.partitions(chunk_size), cleaner, reasons, target, ranges)
-        finish_day(conn, day, target, ranges)
+        result.positions = finish_day(conn, day, target, ranges)
     result.extracted = fast + cleaner.extracted
     result.clean = fast + clean
     result.quarantined = quarantined

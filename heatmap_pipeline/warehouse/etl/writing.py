@@ -34,6 +34,7 @@ class EtlResult:
     reasons: dict[str, int] = field(default_factory=dict)
     method: str = "python"
     residue: int = 0  # SQL path: rows handed to the Python cleaner
+    positions: dict[str, int] = field(default_factory=dict)  # per level: position events loaded
 
     @property
     def reconciled(self) -> bool:
@@ -79,11 +80,13 @@ def record_position_stats(conn: sa.Connection, day: dt.date, ranges: PositionRan
     if rows:
         conn.execute(position_stats.insert(), rows)
 
-def finish_day(conn: sa.Connection, day: dt.date, target: sa.TableClause, ranges: PositionRanges) -> None:
-    """Record the day's position stats and, on PostgreSQL, swap the loaded table in."""
+def finish_day(conn: sa.Connection, day: dt.date, target: sa.TableClause, ranges: PositionRanges) -> dict[str, int]:
+    """Record the day's position stats and, on PostgreSQL, swap the loaded table in; return the
+    position events per level."""
     record_position_stats(conn, day, ranges)
     if conn.dialect.name == "postgresql":
         pg_partitions.swap_in(conn, day, target)
+    return {level: summary.positions for level, summary in sorted(ranges.by_level.items())}
 
 _GAME_EVENT_COLUMNS = [c.name for c in game_events.columns]
 

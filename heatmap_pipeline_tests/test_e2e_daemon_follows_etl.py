@@ -1,0 +1,23 @@
+"""The real daemon with both intervals at 1 minute on a fresh data directory: today's heatmaps never run
+ahead of the ETL, and each equals the positions of the ETL load it names (which finished before it).
+
+Bounded: HEATMAP_DAEMON_TEST_SECONDS (default 150) of `heatmap-pipeline dev`. For the 5-minute run of
+issue 10: `python -m heatmap_pipeline_tests.daemon_follow --seconds 300`.
+"""
+
+import os
+
+import pytest
+
+from heatmap_pipeline_tests.daemon_follow import follow
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_todays_heatmaps_follow_the_etl_under_the_real_daemon(tmp_path):
+    verdict = follow(float(os.environ.get("HEATMAP_DAEMON_TEST_SECONDS", "150")), tmp_path / "data")
+    log = (tmp_path / "data" / "dev.log").read_text()[-3000:]
+    assert verdict.etl_loads >= 1, log
+    assert verdict.heatmaps >= 1, log  # at least one tick's heatmaps came after an ETL
+    assert verdict.heatmaps_before_first_etl == []
+    assert verdict.mismatches == []
