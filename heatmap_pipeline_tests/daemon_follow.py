@@ -83,12 +83,13 @@ def judge(instance: dg.DagsterInstance, today: str) -> Verdict:
     return verdict
 
 
-def run_dev(data_dir: Path, seconds: float, log_path: Path) -> None:
+def run_dev(data_dir: Path, seconds: float, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "WAREHOUSE_DATABASE_URL"))},
         "ETL_INTERVAL_MINUTES": "1",
         "HEATMAP_INTERVAL_MINUTES": "1",
         "ADMIN_API_KEY": "daemon-follow-key",
+        **(extra_env or {}),
     }
     command = [sys.executable, "-m", "heatmap_pipeline.runtime.cli", "dev", "--data-dir", str(data_dir),
                "--port", str(free_port()), "--admin-port", str(free_port())]
@@ -106,10 +107,11 @@ def run_dev(data_dir: Path, seconds: float, log_path: Path) -> None:
                 process.wait()
 
 
-def follow(seconds: float, data_dir: Path | None = None) -> Verdict:
+def follow(seconds: float, data_dir: Path | None = None, extra_env: dict[str, str] | None = None) -> Verdict:
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="daemon_follow_"))
+    data_dir.mkdir(parents=True, exist_ok=True)
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
-    run_dev(data_dir, seconds, data_dir / "dev.log")
+    run_dev(data_dir, seconds, data_dir / "dev.log", extra_env)
     with dg.DagsterInstance.from_config(str(data_dir / "dagster_home")) as instance:
         return judge(instance, today)
 
