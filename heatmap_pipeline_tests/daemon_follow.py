@@ -38,7 +38,7 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        return not self.heatmaps_before_first_etl and not self.mismatches
+        return self.etl_loads > 0 and self.heatmaps > 0 and not self.heatmaps_before_first_etl and not self.mismatches
 
 
 def _materializations(instance: dg.DagsterInstance, key: dg.AssetKey) -> list:
