@@ -1,5 +1,6 @@
 import datetime as dt
 import json
+import math
 
 import pytest
 
@@ -120,3 +121,101 @@ def test_cleaner_keeps_first_valid_duplicate_and_accounts_for_every_row():
     assert [(q["source_event_id"], q["reason"]) for q in quarantined] == [("2", "null_payload"), ("2", "duplicate_id")]
     assert cleaner.extracted == len(clean) + len(quarantined) == 5
     assert json.loads(quarantined[1]["raw_row"])["payload"] == json.dumps({"x": 3, "y": 3})
+
+
+# --- strict numbers, as pd.to_numeric reads them (issue 11, point 4) ----------------------------
+
+NUMERIC_TEXTS = [
+    "1", "1.5", " 7 ", "\t7\n", "1e3", "1E3", "+5", "-5", ".5", "5.", "+.5", "-.5e1", "3.5e+2", "00012", "-0",
+    "-0.0", "1e-400", "1_000", "1__0", "١٢", "١", "१२", "１２", "²", "0x10", "1,000", "1 000", "", "  ", "1e", "e3",
+    "--1", "+-1", "1.2.3", ".", "+", "1.5f", "1d3", "nan", "NaN", "-nan", "inf", "-inf", "Infinity", "INF", "1e400",
+    "\u00a01", "1\u2003",
+]
+
+
+@pytest.mark.parametrize("text", NUMERIC_TEXTS)
+def test_a_numeric_string_is_a_finite_number_exactly_when_pd_to_numeric_reads_one(text):
+    pd = pytest.importorskip("pandas")
+    try:
+        reference = float(pd.to_numeric(pd.Series([text], dtype=object))[0])
+    except ValueError:
+        reference = math.nan  # refused
+    raw = row({"x": text, "y": 1})
+    if math.isfinite(reference):
+        assert clean_event(raw, DAY, RULES)["x"] == reference
+    else:
+        assert reason_of(raw) in ("non_numeric_coordinate", "non_finite_coordinate")
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        ({"x": "1_000", "y": 2}, "non_numeric_coordinate"),  # float() reads 1000
+        ({"x": "١٢", "y": 2}, "non_numeric_coordinate"),  # float() reads 12
+        ({"x": 1, "y": 2, "score": "1_0"}, "invalid_score"),
+        ('{"x": 1, "y": 2, "speed": NaN}', "unparseable_payload"),  # would be stored, and not parse as JSON
+        ('{"x": 1, "y": 2, "a": {"b": [Infinity]}}', "unparseable_payload"),
+        ('{"x": 1, "y": 2, "level": NaN}', "unparseable_payload"),
+        ('{"x": NaN, "y": 2}', "non_finite_coordinate"),  # x, y, score have reasons of their own
+        ('{"x": 1, "y": 2, "final_score": -Infinity}', "invalid_score"),
+        ({"x": 1, "y": 2, "level": "2.5"}, "unknown_level"),
+    ],
+)
+def test_lenient_numbers_are_refused(payload, reason):
+    assert reason_of(row(payload)) == reason
+
+
+def test_nan_and_infinity_as_words_in_a_string_are_kept():
+    event = clean_event(row('{"x": 1, "y": 2, "note": "NaN or Infinity"}'), DAY, RULES)
+    assert json.loads(event["payload"])["note"] == "NaN or Infinity"
+
+
+@pytest.mark.parametrize("payload", [{"x": -0.0, "y": "-0.0", "score": "-0"}, '{"x": -0.0, "y": -0, "score": -0.0}'])
+def test_negative_zero_is_stored_as_zero(payload):
+    event = clean_event(row(payload), DAY, RULES)
+    assert [math.copysign(1.0, event[k]) for k in ("x", "y", "score")] == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("level", [1, 1.0, 1e0, "1", " 1 ", "1.0", "01", "+1", "1e0"])
+def test_a_level_as_a_string_or_a_number_is_the_same_level(level):
+    assert clean_event(row({"x": 1, "y": 2, "level": level}), DAY, RULES)["level"] == "1"
+
+
+def test_a_configured_level_name_is_taken_as_written_before_it_is_read_as_a_number():
+    rules = CleaningRules(levels=frozenset({"1.0", "2"}), default_level="2")
+    assert clean_event(row({"x": 1, "y": 2, "level": "1.0"}), DAY, rules)["level"] == "1.0"
+
+
+# --- times Python cannot hold, times before the first partition (issue 11, points 1 and 2) -------
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    ["infinity", "-infinity", "+Infinity", "10000-01-01 00:00:00", "294276-12-31 23:59:59+00", "0000-01-01",
+     "0044-03-15 00:00:00+00 BC", "9999-12-31T23:00:00-05:00", "0001-01-01T00:30:00+01:00", 1e20, -1e13,
+     float("inf"), dt.datetime(9999, 12, 31, 23, tzinfo=dt.timezone(dt.timedelta(hours=-5)))],
+)
+def test_a_time_python_cannot_hold_is_quarantined_not_a_crash(timestamp):
+    assert reason_of(row({"x": 1, "y": 2}, timestamp=timestamp, created_at=None)) == "timestamp_out_of_range"
+    created = row({"x": 1, "y": 2}, created_at=timestamp)
+    assert reason_of(created) == "timestamp_out_of_range"  # a created_at neither: it would be stored
+
+
+def test_a_time_the_extraction_could_only_hand_over_as_text_is_quarantined_with_it_in_the_raw_row():
+    raw = row({"x": 1, "y": 2}, timestamp=None, timestamp_unholdable="infinity")
+    cleaner = EventCleaner(DAY, RULES, now=TS)
+    clean, [quarantined] = cleaner.clean([raw])
+    assert clean == [] and quarantined["reason"] == "timestamp_out_of_range"
+    kept = json.loads(quarantined["raw_row"])
+    assert kept["timestamp"] == "infinity" and "timestamp_unholdable" not in kept
+
+
+def test_created_at_in_year_9999_does_not_overflow_the_tolerance():
+    assert clean_event(row({"x": 1, "y": 2}, created_at=dt.datetime(9999, 12, 31, 23, 55)), DAY, RULES)["x"] == 1.0
+
+
+def test_a_timestamp_before_the_first_partition_is_quarantined():
+    rules = CleaningRules(levels=frozenset({"1"}), default_level="1", partition_start=dt.date(2025, 1, 1))
+    with pytest.raises(Rejected) as rejected:
+        clean_event(row({"x": 1, "y": 2}, timestamp=dt.datetime(1970, 1, 1), created_at=TS), DAY, rules)
+    assert rejected.value.reason == "timestamp_before_start" and "PARTITION_START_DATE=2025-01-01" in rejected.value.detail

@@ -175,6 +175,64 @@ def test_a_swap_that_cannot_get_the_table_gives_up_and_leaves_the_old_partition(
     assert len(day_tables(engine)) == 1  # the loaded table went with the rollback
 
 
+def _game_events_locks(conn: sa.Connection, pid_condition: str = "pid = pg_backend_pid()") -> list[tuple]:
+    return conn.execute(
+        sa.text(
+            f"SELECT pid, mode, granted FROM pg_locks WHERE locktype = 'relation' "
+            f"AND relation = 'game_events'::regclass AND {pid_condition}"
+        )
+    ).all()
+
+
+@pytest.mark.postgres
+def test_staging_a_day_takes_no_lock_on_game_events(postgres_url):
+    """A lock taken while staging would be upgraded by the swap: two days, two holders, a deadlock."""
+    engine = source(postgres_url, day_rows(4))
+    with engine.begin() as conn:
+        stage = day_partitions.create_stage(conn, DAY)
+        assert _game_events_locks(conn) == []
+        day_partitions.swap_in(conn, DAY, stage)  # and the table it built is one ATTACH accepts
+    assert partitions(engine) == [f"{stage.name} FOR VALUES IN ('2025-11-16')", "game_events_default DEFAULT"]
+
+
+@pytest.mark.postgres
+def test_two_days_loaded_at_once_never_deadlock(postgres_url, monkeypatch):
+    """Both runs stage their day while a reader holds game_events, so both wait at the swap together."""
+    monkeypatch.setattr(day_partitions, "SWAP_LOCK_WAIT", dt.timedelta(milliseconds=100))
+    # before the fix the two waited on each other until this patience ran out (10 minutes by default)
+    monkeypatch.setattr(day_partitions, "SWAP_LOCK_PATIENCE", dt.timedelta(seconds=5))
+    other_day = DAY + dt.timedelta(days=1)
+    engine = source(postgres_url, day_rows(6) + [event(dt.datetime(2025, 11, 17, 9, i), {"x": i, "y": 1}) for i in range(5)])
+    reader = sa.create_engine(postgres_url).connect()
+    tx = reader.begin()
+    reader.execute(sa.select(sa.func.count()).select_from(game_events)).scalar_one()  # holds ACCESS SHARE
+    results, errors = {}, []
+
+    def run(day):
+        try:
+            results[day] = load_partition(engine, engine, day, RULES, NOW)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(day,)) for day in (DAY, other_day)]
+    try:
+        for thread in threads:
+            thread.start()
+        waiting: set[int] = set()
+        deadline = time.monotonic() + 30
+        while len(waiting) < 2:  # both runs have loaded their day and ask for the table
+            assert time.monotonic() < deadline and not errors, errors
+            waiting |= {pid for pid, mode, granted in _game_events_locks(reader, "NOT granted") if mode == "AccessExclusiveLock"}
+            time.sleep(0.01)
+    finally:
+        tx.rollback()
+        reader.close()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == [] and results[DAY].clean == 9 and results[other_day].clean == 5
+    assert len(partitions(engine)) == 3
+
+
 # --- position_stats, both databases ----------------------------------------------------------
 
 

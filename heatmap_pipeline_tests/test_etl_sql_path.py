@@ -10,6 +10,7 @@ and JSONB, with and without a unique id.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 
 import pytest
@@ -34,6 +35,7 @@ RULES = CleaningRules(
     position_event_types=frozenset({"move", "position"}),
     max_payload_bytes=5000,
     future_cutoff=NOW + dt.timedelta(minutes=10),
+    partition_start=dt.date(2025, 1, 1),
 )
 
 
@@ -148,6 +150,33 @@ def source_day(*, with_duplicates: bool, sqlite: bool) -> list[dict]:
     # judged against arrival (added last: the automatic timestamps above depend on the row count)
     add({"x": 1, "y": 2}, ts=dt.datetime(2099, 1, 1), created_at=at(3))  # far future: filed under its arrival day
     add({"x": 1, "y": 2}, ts=at(5), created_at=at(4))  # an hour ahead of its arrival: future_timestamp
+    # times Python cannot hold (PostgreSQL holds them; SQLite text): timestamp_out_of_range
+    add({"x": 1, "y": 2}, ts="infinity", created_at=at(6))  # filed under its arrival day
+    add({"x": 1, "y": 2}, ts="-infinity", created_at=at(6))
+    add({"x": 1, "y": 2}, ts="10000-01-01 00:00:00", created_at=at(6))
+    add({"x": 1, "y": 2, "level": 1}, ts=at(7), created_at="infinity")  # filed under its timestamp's day
+    add({"x": 1, "y": 2, "level": 1}, ts=at(7, 1), created_at="10000-01-01 00:00:00")
+    # before PARTITION_START_DATE, arrived on the day: timestamp_before_start
+    add({"x": 1, "y": 2}, ts=dt.datetime(1970, 1, 1), created_at=at(8))
+    add({"x": 1, "y": 2}, ts=dt.datetime(2024, 6, 1, 12), created_at=at(8, 1))
+    add({"x": 1, "y": 2, "level": 1}, ts=at(8, 2), created_at=dt.datetime(1970, 1, 1))  # future_timestamp
+    # numbers read as pd.to_numeric reads them
+    add({"x": "1_000", "y": 2})  # non_numeric_coordinate (float() would say 1000)
+    add({"x": "\u0661\u0662", "y": 2})  # Arabic-Indic digits: non_numeric_coordinate
+    add({"x": 1, "y": "\uff11"})  # a fullwidth digit
+    add({"score": "1_0"}, event_type="game_over")  # invalid_score
+    add('{"x": 1, "y": 2, "speed": NaN}')  # NaN outside x/y/score: not JSON, unparseable_payload
+    add('{"x": 1, "y": 2, "meta": {"v": [Infinity]}}')
+    add({"x": 1, "y": 2, "note": "NaN Infinity"})  # the words in a string: clean
+    add({"x": "-0.0", "y": -0.0, "score": "-0", "level": 2}, event_type="move")  # negative zero: stored 0.0
+    add('{"x": -0.0, "y": -0, "final_score": -0.0}')
+    add({"x": 1, "y": 2, "level": "1.0"})  # the string "1.0" is level 1, like the number 1.0
+    add({"x": 1, "y": 2, "level": " 03 "})
+    add({"x": 1, "y": 2, "level": "2.50"})  # 2.5: unknown_level
+    add({"x": "+.5", "y": "5.", "level": 1})  # forms pd.to_numeric accepts
+    add({"x": " 1e3 ", "y": "-2E-2", "level": 1})
+    if sqlite:  # a created_at that is no date (SQLite's date() alone keeps Feb 30): informational, ignored
+        add({"x": 1, "y": 2, "level": 1}, ts=at(11, 1), created_at="2025-02-30 10:00:00")
     return rows
 
 
@@ -218,6 +247,7 @@ def test_sql_path_equals_python_path(db_url, variant):
 
     assert sql.method.startswith("sql") and python.method.startswith("python")
     assert sql_tables[0] == python_tables[0]  # game_events, every column
+    assert repr(sql_tables[0]) == repr(python_tables[0])  # also the sign of zero (-0.0 == 0.0)
     assert sql_tables[1] == python_tables[1]  # quarantine: id, reason, detail, raw row
     assert (sql.extracted, sql.clean, sql.quarantined, sql.reasons) == (
         python.extracted, python.clean, python.quarantined, python.reasons,
@@ -236,6 +266,8 @@ def test_sql_path_equals_python_path(db_url, variant):
     # levels are normalized the same way in both paths
     by_id = {r[1]: r for r in sql_tables[0]}
     assert by_id["1001"][8] == "2" and by_id["1003"][8] == "2" and by_id["1004"][8] == "1"
+    zeros = [v for r in sql_tables[0] for v in r[9:13] if v == 0]
+    assert zeros and all(math.copysign(1.0, v) == 1.0 for v in zeros)  # no -0.0 stored
 
 
 def test_rerunning_the_sql_path_gives_identical_tables(db_url):

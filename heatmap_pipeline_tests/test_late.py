@@ -114,7 +114,8 @@ def test_late_sensor_leaves_a_day_whose_last_load_started_after_the_rows_arrived
     assert second.run_requests == []
 
 
-def test_arrivals_are_grouped_by_the_utc_day_of_their_timestamp(db_url):
+def test_arrivals_are_grouped_by_the_day_that_owns_them(db_url):
+    """By the UTC day of their timestamp, or (no timestamp) of their arrival, as the extraction files them."""
     since = dt.datetime(2026, 1, 10, 12)
     write_source_events(
         db_url,
@@ -130,6 +131,7 @@ def test_arrivals_are_grouped_by_the_utc_day_of_their_timestamp(db_url):
     assert [(a.day, a.rows, a.newest_created_at) for a in found] == [
         (dt.date(2026, 1, 8), 2, since + dt.timedelta(minutes=2)),
         (dt.date(2026, 1, 9), 1, since + dt.timedelta(minutes=3)),
+        (dt.date(2026, 1, 10), 1, since + dt.timedelta(minutes=4)),
     ]
 
 

@@ -44,8 +44,19 @@ def auto_bounds(x_min: float, x_max: float, y_min: float, y_max: float) -> GridB
 
 
 def bin_edges(lo: float, hi: float, n: int) -> np.ndarray:
-    """The edges np.histogram2d uses: ``np.linspace(lo, hi, n + 1)``."""
-    return np.linspace(lo, hi, n + 1)
+    """The edges np.histogram2d uses: ``np.linspace(lo, hi, n + 1)``.
+
+    Except where numpy's own edges break: when ``hi - lo`` overflows (a range wider than the
+    largest float, e.g. -1e308 to 1e308) they are NaN and inf and no point lands in any cell.
+    Then the edges are linspace's over the halved range, doubled: halving and doubling are
+    exact, so these are the very edges linspace would compute without the overflow, and every
+    finite value in [lo, hi] gets its cell by the same rule.
+    """
+    if math.isfinite(hi - lo):
+        return np.linspace(lo, hi, n + 1)
+    edges = np.linspace(lo / 2, hi / 2, n + 1) * 2
+    edges[0], edges[-1] = lo, hi  # exact even if a subnormal bound lost a bit when halved
+    return edges
 
 
 def cell_index(values: np.ndarray, lo: float, hi: float, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,12 +4,20 @@ Rules (the SQL fast path in ``warehouse/etl/sql_path.py`` implements the same on
 
 * the payload must be a JSON object no larger than ``max_payload_bytes``;
 * a *position event* (payload has ``x`` or ``y``, or ``event_type`` is a position type) needs
-  both coordinates as finite numbers (numeric strings are accepted, as ``pd.to_numeric`` did);
-* a ``level`` named in the payload must be one of the configured levels; position events
-  without one get ``default_level``;
+  both coordinates as finite numbers. Numeric strings are read as ``pd.to_numeric`` reads them:
+  ASCII digits, an optional sign, point and exponent, whitespace around; not ``"1_000"``, not
+  ``"١٢"`` (see :func:`parse_number`). ``-0.0`` is stored as ``0.0``, as the SQL path stores it;
+* NaN and Infinity are not JSON: a text payload holding one anywhere but in ``x``, ``y``,
+  ``score`` or ``final_score`` (which have reasons of their own) is ``unparseable_payload``, so
+  every stored payload is valid JSON;
+* a ``level`` named in the payload must be one of the configured levels (see
+  :func:`normalize_level`: ``1``, ``1.0``, ``"1"`` and ``"1.0"`` are all level "1"); position
+  events without one get ``default_level``;
 * ``score`` / ``final_score``, when present, must be finite numbers;
-* the timestamp must parse, fall on the partition's UTC day, and lie no further than the
-  tolerance after the row's ``created_at`` (its arrival) nor after the run's clock;
+* the timestamp must parse, lie within the years 1-9999 (so must ``created_at``: PostgreSQL holds
+  ``infinity`` and year 10000, Python cannot), not before the first partition, fall on the
+  partition's UTC day, and lie no further than the tolerance after the row's ``created_at`` (its
+  arrival) nor after the run's clock;
 * of several *valid* rows with one id, the first (rows arrive ordered by id, created_at) is
   kept and the others are quarantined as ``duplicate_id``.
 
@@ -21,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -37,6 +46,8 @@ REASONS = {
     "invalid_score": "score or final_score is not a finite number",
     "null_timestamp": "timestamp is NULL",
     "unparseable_timestamp": "timestamp cannot be parsed",
+    "timestamp_out_of_range": "timestamp or created_at is infinite or outside the years 1-9999",
+    "timestamp_before_start": "timestamp falls before PARTITION_START_DATE, which no partition holds",
     "timestamp_outside_partition": "timestamp, read as UTC, falls on another day",
     "future_timestamp": "timestamp lies further in the future than FUTURE_TOLERANCE_MINUTES",
     "duplicate_id": "another valid row with the same id was kept",
@@ -60,29 +71,74 @@ class CleaningRules:
     future_cutoff: dt.datetime | None = None  # naive UTC; later timestamps are quarantined
     # A timestamp this far after the row's own created_at is from the future when it arrived.
     arrival_tolerance: dt.timedelta = dt.timedelta(minutes=10)
+    # PARTITION_START_DATE: an earlier timestamp has no partition (the row is filed under its
+    # arrival day, or this first day; see warehouse/source.py) and is quarantined.
+    partition_start: dt.date | None = None
 
 
-def to_utc_naive(value: Any) -> dt.datetime:
-    """A timestamp from any driver (aware, naive-as-UTC, ISO text, epoch seconds) as naive UTC."""
-    if isinstance(value, dt.datetime):
-        parsed = value
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            parsed = dt.datetime.fromisoformat(text)
-        except ValueError:
-            raise Rejected("unparseable_timestamp", f"timestamp {value[:64]!r} is not ISO 8601") from None
-    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        parsed = dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
-    else:
-        raise Rejected("unparseable_timestamp", f"timestamp {value!r} is not a time")
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
+# The extraction (warehouse/source.py) hands a time the database holds but Python's datetime cannot
+# (PostgreSQL's infinity, year 10000 or BC) as text in an extra column, the time column NULL: the
+# driver would fail the whole day converting it. Quarantined rows keep the text in their raw row.
+UNHOLDABLE_TIME_COLUMNS = {"timestamp": "timestamp_unholdable", "created_at": "created_at_unholdable"}
+_CARRIERS = frozenset(UNHOLDABLE_TIME_COLUMNS.values())
+
+# Text naming a time outside Python's datetime: infinity, a year of 5+ digits, signed, 0 or BC.
+_OUT_OF_RANGE_TIME = re.compile(
+    r"\s*(?:[+-]?infinity|[+-]\d{4,}-.*|\d{5,}-.*|0000-.*|.*\sBC)\s*", re.IGNORECASE | re.DOTALL
+)
+
+
+def to_utc_naive(value: Any, what: str = "timestamp") -> dt.datetime:
+    """A timestamp from any driver (aware, naive-as-UTC, ISO text, epoch seconds) as naive UTC.
+
+    Raises ``timestamp_out_of_range`` for a time Python cannot hold (infinite, outside the years
+    1-9999, also after conversion to UTC), ``unparseable_timestamp`` for anything else not a time.
+    """
+    try:
+        if isinstance(value, dt.datetime):
+            parsed = value
+        elif isinstance(value, str):
+            text = value.strip()
+            try:
+                parsed = dt.datetime.fromisoformat(text)
+            except ValueError:
+                if _OUT_OF_RANGE_TIME.fullmatch(text):
+                    raise OverflowError from None
+                raise Rejected("unparseable_timestamp", f"{what} {value[:64]!r} is not ISO 8601") from None
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            parsed = dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
+        elif isinstance(value, float) and math.isinf(value):
+            raise OverflowError
+        else:
+            raise Rejected("unparseable_timestamp", f"{what} {value!r} is not a time")
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    except (OverflowError, OSError, ValueError):
+        # fromtimestamp: OverflowError / OSError / ValueError past year 9999; astimezone: OverflowError
+        raise Rejected("timestamp_out_of_range", f"{what} {str(value)[:64]!r} is outside the years 1-9999 (UTC)") from None
     return parsed
 
 
-def normalize_level(value: Any) -> str | None:
-    """1, 1.0 and "1" are the same level "1"; None means the payload names no level."""
+def _time_of(row: Mapping[str, Any], column: str) -> Any:
+    """The row's ``column`` as given, or raise ``timestamp_out_of_range`` when the extraction could
+    only hand it over as text (see ``UNHOLDABLE_TIME_COLUMNS``): then the column itself is NULL."""
+    value = row.get(column)
+    if value is None:
+        carrier = UNHOLDABLE_TIME_COLUMNS[column]
+        # (`in` first: a RowMapping's get() of a key it lacks, as on SQLite, goes through an exception)
+        unholdable = row[carrier] if carrier in row else None
+        if unholdable is not None:
+            raise Rejected("timestamp_out_of_range", f"{column} {str(unholdable)[:64]!r} is outside the years 1-9999 (UTC)")
+    return value
+
+
+def normalize_level(value: Any, levels: frozenset[str] | None = None) -> str | None:
+    """The level a payload names; None means it names none.
+
+    A level is a name. A JSON number names the level written as that number (1, 1.0 and 1e0 are
+    "1", 2.5 is "2.5"); so does a numeric string (``parse_number``'s rule) that is not itself one of
+    ``levels``: "1.0" and " 01 " are "1", like the numbers. Other strings are their stripped text.
+    """
     if value is None:
         return None
     if isinstance(value, bool):
@@ -91,7 +147,28 @@ def normalize_level(value: Any) -> str | None:
         return str(value)
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else repr(value)
-    return str(value).strip()
+    text = str(value).strip()
+    if levels is not None and text in levels:
+        return text
+    try:
+        number = parse_number(text)
+    except ValueError:
+        return text
+    return normalize_level(number) if math.isfinite(number) else text
+
+
+# What pd.to_numeric reads as a number: ASCII digits only (float() would also take "1_000" and
+# "١٢"), an optional sign, decimal point and exponent, whitespace around; or an infinity.
+_NUMERIC_TEXT = re.compile(r"[ \t\n\r\f\v]*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?[ \t\n\r\f\v]*")
+_NON_FINITE_TEXT = re.compile(r"[ \t\n\r\f\v]*[+-]?(?:inf|infinity|nan)[ \t\n\r\f\v]*", re.IGNORECASE)
+
+
+def parse_number(text: str) -> float:
+    """A numeric string as a float, strictly: ``ValueError`` unless it is a number by
+    ``pd.to_numeric``'s rules (or nan / inf, which come back as such for the caller to refuse)."""
+    if _NUMERIC_TEXT.fullmatch(text) or _NON_FINITE_TEXT.fullmatch(text):
+        return float(text)
+    raise ValueError(f"{text[:32]!r} is not a number")
 
 
 def _number(value: Any, what: str, reason_non_numeric: str, reason_non_finite: str) -> float:
@@ -104,14 +181,33 @@ def _number(value: Any, what: str, reason_non_numeric: str, reason_non_finite: s
             raise Rejected(reason_non_finite, f"{what} is an integer too large for a float") from None
     elif isinstance(value, str):
         try:
-            number = float(value.strip())
+            number = parse_number(value)
         except ValueError:
             raise Rejected(reason_non_numeric, f"{what}={value[:32]!r} is not a number") from None
     else:
         raise Rejected(reason_non_numeric, f"{what}={str(value)[:32]!r} is not a number")
     if not math.isfinite(number):
         raise Rejected(reason_non_finite, f"{what}={value!r} is not finite")
-    return number
+    return number + 0.0  # -0.0 + 0.0 is 0.0: no negative zero (PostgreSQL's numeric has none)
+
+
+# Payload members with a quarantine reason of their own when they are NaN or Infinity.
+_TYPED_MEMBERS = frozenset({"x", "y", "score", "final_score"})
+
+
+def _non_finite_member(payload: dict) -> str | None:
+    """The first member, outside ``_TYPED_MEMBERS``, holding NaN or Infinity anywhere inside it."""
+
+    def holds(value: Any) -> bool:
+        if isinstance(value, float):
+            return not math.isfinite(value)
+        if isinstance(value, dict):
+            return any(holds(v) for v in value.values())
+        if isinstance(value, list):
+            return any(holds(v) for v in value)
+        return False
+
+    return next((key for key, value in payload.items() if key not in _TYPED_MEMBERS and holds(value)), None)
 
 
 def parse_payload(raw: Any, max_bytes: int) -> tuple[dict, str]:
@@ -129,6 +225,11 @@ def parse_payload(raw: Any, max_bytes: int) -> tuple[dict, str]:
         except (ValueError, RecursionError):
             raise Rejected("unparseable_payload", f"payload is not JSON: {raw[:64]!r}") from None
         text = raw
+        # Python's json reads NaN and Infinity, which are not JSON: stored, the payload would not parse.
+        if ("NaN" in raw or "Infinity" in raw) and isinstance(payload, dict):
+            member = _non_finite_member(payload)
+            if member is not None:
+                raise Rejected("unparseable_payload", f"payload member {member[:32]!r} holds NaN or Infinity, which is not JSON")
     else:
         payload = raw
         text = json.dumps(raw, default=str)
@@ -143,21 +244,31 @@ def clean_event(row: Mapping[str, Any], partition_date: dt.date, rules: Cleaning
     """One source row -> a ``game_events`` row, or raise :class:`Rejected`."""
     if row.get("id") is None:
         raise Rejected("null_id", "id is NULL")
-    if row.get("timestamp") is None:
+    timestamp = _time_of(row, "timestamp")
+    if timestamp is None:
         raise Rejected("null_timestamp", "timestamp is NULL")
-    ts = to_utc_naive(row["timestamp"])
-    created = row.get("created_at")
+    ts = to_utc_naive(timestamp)
+    created = _time_of(row, "created_at")
     try:
-        created_at = to_utc_naive(created) if created is not None else None
-    except Rejected:
+        created_at = to_utc_naive(created, "created_at") if created is not None else None
+    except Rejected as rejected:
+        if rejected.reason == "timestamp_out_of_range":
+            raise  # a time, but none Python can hold (nor game_events store)
         created_at = None  # created_at is informational; an odd one is not a reason to reject
-    if created_at is not None and ts > created_at + rules.arrival_tolerance:
+    # (a difference, not created_at + tolerance, which overflows for a created_at in year 9999)
+    if created_at is not None and ts - created_at > rules.arrival_tolerance:
         # judged against arrival, so re-running the partition later gives the same answer
         raise Rejected(
             "future_timestamp",
             f"timestamp {ts.isoformat()} is more than {rules.arrival_tolerance} after created_at {created_at.isoformat()}",
         )
-    if ts.date() != partition_date:
+    day = ts.date()
+    if rules.partition_start is not None and day < rules.partition_start:
+        raise Rejected(
+            "timestamp_before_start",
+            f"timestamp {ts.isoformat()} UTC is before PARTITION_START_DATE={rules.partition_start}",
+        )
+    if day != partition_date:
         raise Rejected("timestamp_outside_partition", f"timestamp {ts.isoformat()} UTC is not on {partition_date}")
     if rules.future_cutoff is not None and ts > rules.future_cutoff:
         raise Rejected("future_timestamp", f"timestamp {ts.isoformat()} is after {rules.future_cutoff.isoformat()}")
@@ -173,7 +284,7 @@ def clean_event(row: Mapping[str, Any], partition_date: dt.date, rules: Cleaning
         x = _number(x_raw, "x", "non_numeric_coordinate", "non_finite_coordinate")
         y = _number(y_raw, "y", "non_numeric_coordinate", "non_finite_coordinate")
 
-    level = normalize_level(payload.get("level"))
+    level = normalize_level(payload.get("level"), rules.levels)
     if level is not None and level not in rules.levels:
         raise Rejected("unknown_level", f"level {level!r} is not in HEATMAP_LEVELS ({','.join(sorted(rules.levels))})")
     if level is None and is_position:
@@ -208,7 +319,12 @@ def _text(value: Any) -> str | None:
 
 
 def raw_row_json(row: Mapping[str, Any]) -> str:
-    return json.dumps({key: row[key] for key in row.keys()}, default=str, allow_nan=True)
+    """The source row as JSON text; a time handed over as text (``UNHOLDABLE_TIME_COLUMNS``) in its column."""
+    raw = {key: row[key] for key in row.keys() if key not in _CARRIERS}
+    for column, carrier in UNHOLDABLE_TIME_COLUMNS.items():
+        if carrier in row and row[carrier] is not None:
+            raw[column] = row[carrier]
+    return json.dumps(raw, default=str, allow_nan=True)
 
 
 class EventCleaner:

@@ -70,7 +70,7 @@ def build_late_events_sensor(settings: Settings, etl_job) -> dg.SensorDefinition
     def late_events_sensor(context: dg.SensorEvaluationContext, source: SourceDatabase):
         now = utcnow()
         cursor = read_cursor(context.cursor) or now - FIRST_LOOKBACK
-        arrivals = arrivals_since(source.engine(), cursor - OVERLAP)
+        arrivals = arrivals_since(source.engine(), cursor - OVERLAP, first_day)
         requests, notes = [], []
         for arrived in arrivals:
             day = arrived.day.isoformat()

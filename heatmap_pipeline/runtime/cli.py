@@ -346,6 +346,49 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 1 if counts["FAILED"] or counts["SKIPPED"] else 0
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Every source row against game_events + quarantined_events, over all loaded days.
+
+    Each source row belongs to exactly one day (the extraction's filing rule); on every day Dagster
+    loaded (or the warehouse holds rows of), source rows must equal clean + quarantined rows. Rows
+    in neither, and stored rows without a source row, are named: exit 1. Rows that arrived after
+    their day's last load started are reported as waiting; rows of days never loaded, per day."""
+    settings = prepare_environment(args.data_dir, demo_data=False)
+    import json
+
+    import dagster as dg
+
+    from heatmap_pipeline.orchestration import GAME_EVENTS, materialized_partitions, run_start_of_latest_materialization
+    from heatmap_pipeline.warehouse.db import UnsupportedDatabase, get_engine, redact
+    from heatmap_pipeline.warehouse.reconcile import describe, reconcile
+    from heatmap_pipeline.warehouse.source import SourceSchemaError, check_source_table
+
+    with dg.DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        loads = {
+            dt.date.fromisoformat(key): run_start_of_latest_materialization(instance, GAME_EVENTS, key)
+            for key in sorted(materialized_partitions(instance, GAME_EVENTS))
+        }
+    source, warehouse = get_engine(settings.source_url), get_engine(settings.warehouse_url)
+    try:
+        check_source_table(source)
+        result = reconcile(source, warehouse, loads, settings.partition_start_date, compare_ids=args.ids)
+    except (SourceSchemaError, UnsupportedDatabase) as exc:
+        _fail(str(exc))
+    if args.json:
+        days = [
+            {"day": d.day.isoformat(), "source": d.source, "clean": d.clean, "quarantined": d.quarantined,
+             "loaded": d.loaded, "missing": d.missing, "waiting": d.waiting, "extra": d.extra}
+            for d in result.days
+        ]
+        print(json.dumps({**result.summary(), "days": days}, indent=2), flush=True)
+    else:
+        print(f"heatmap-pipeline reconcile: source {redact(settings.source_url)}, warehouse "
+              f"{redact(settings.warehouse_url)}, {len(loads)} day(s) loaded per Dagster", flush=True)
+        for line in describe(result):
+            print(line, flush=True)
+    return 0 if result.passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heatmap-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -379,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--levels", help="comma-separated levels (default: HEATMAP_LEVELS)")
     backfill.add_argument("--data-dir")
     backfill.set_defaults(func=cmd_backfill)
+    reconcile = sub.add_parser(
+        "reconcile", help="prove every source row is in game_events or quarantined_events; name any that is in neither"
+    )
+    reconcile.add_argument("--ids", action="store_true", help="match ids on every loaded day, not only where counts differ")
+    reconcile.add_argument("--json", action="store_true", help="print the result as JSON")
+    reconcile.add_argument("--data-dir")
+    reconcile.set_defaults(func=cmd_reconcile)
     return parser
 
 

@@ -68,11 +68,31 @@ def get_engine(url: str) -> sa.Engine:
             cursor.close()
 
         return engine
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         pool_pre_ping=True,
         connect_args={"options": "-c timezone=UTC", "connect_timeout": 10},
     )
+
+    # insert=True: before SQLAlchemy's own first query, which already fails on such a database
+    @sa.event.listens_for(engine, "connect", insert=True)
+    def _refuse_sql_ascii(dbapi_connection, _record):
+        status = getattr(getattr(dbapi_connection, "info", None), "parameter_status", None)  # psycopg 3
+        encoding = status("server_encoding") if status else dbapi_connection.get_parameter_status("server_encoding")
+        if encoding == "SQL_ASCII":
+            raise UnsupportedDatabase(
+                f"the PostgreSQL database {redact(url)} has server_encoding SQL_ASCII: it stores text as bytes "
+                "without saying which encoding they are in, so its text (payloads, ids) cannot be read reliably. "
+                "Nothing was read or written. Move the data into a UTF8 database (createdb -E UTF8 -T template0, "
+                "then pg_dump | psql; convert the dump with iconv if the text is not UTF-8) and point "
+                "DATABASE_URL / WAREHOUSE_DATABASE_URL at it."
+            )
+
+    return engine
+
+
+class UnsupportedDatabase(RuntimeError):
+    """A database we refuse to read or write (a PostgreSQL one with SQL_ASCII encoding); not retried."""
 
 
 # Dialects that render Core for ``sa.text``: binds as ``:name``, no driver details baked in

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Callable, Mapping
 
 import numpy as np
 import sqlalchemy as sa
@@ -226,8 +227,21 @@ def compute_heatmap(
     )
 
 
-def upsert_heatmap(warehouse: sa.Engine, result: HeatmapResult, now: dt.datetime) -> None:
-    """Replace the (level, date) row in one transaction; old readers see level/date/grid_size/matrix."""
+class InconsistentHeatmap(RuntimeError):
+    """The heatmap row about to be written fails its consistency rule; nothing was written."""
+
+
+def upsert_heatmap(
+    warehouse: sa.Engine,
+    result: HeatmapResult,
+    now: dt.datetime,
+    verify: Callable[[sa.Connection, Mapping], list[str]] | None = None,
+) -> None:
+    """Replace the (level, date) row in one transaction; old readers see level/date/grid_size/matrix.
+
+    ``verify(conn, row)`` (the asset passes ``invariants.heatmap_row_check``) lists the row's
+    problems, read in this transaction before anything is written: with any, it raises
+    :class:`InconsistentHeatmap` and the stored row stays as it was."""
     summary = result.summary
     bounds = result.bounds
     row = {
@@ -248,6 +262,12 @@ def upsert_heatmap(warehouse: sa.Engine, result: HeatmapResult, now: dt.datetime
     }
     with warehouse.begin() as conn:
         lock_partition(conn, "heatmaps", result.level, result.date)
+        problems = verify(conn, row) if verify is not None else []
+        if problems:
+            raise InconsistentHeatmap(
+                f"heatmap of level {result.level} on {result.date} not written, it fails its consistency rule: "
+                + "; ".join(problems) + ". The stored row is unchanged."
+            )
         conn.execute(heatmaps.delete().where(heatmaps.c.level == result.level, heatmaps.c.date == result.date))
         conn.execute(heatmaps.insert(), [row])
 

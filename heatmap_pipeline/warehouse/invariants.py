@@ -31,11 +31,13 @@ class Invariant:
     severity: str = ERROR  # the severity of a failure; ERROR fails the run (blocking checks)
 
 
-def count_source_rows(source: sa.Engine, day: dt.date, created_before: dt.datetime | None = None) -> int:
-    """Rows of ``day`` in the source (the extraction's own day filter), optionally only those
-    whose created_at is NULL or not after ``created_before`` (naive UTC)."""
+def count_source_rows(
+    source: sa.Engine, day: dt.date, created_before: dt.datetime | None = None, start: dt.date | None = None
+) -> int:
+    """Rows of ``day`` in the source (the extraction's own day filter; ``start``: PARTITION_START_DATE),
+    optionally only those whose created_at is NULL or not after ``created_before`` (naive UTC)."""
     src = source_events_table()
-    condition = day_filter(source.dialect.name, src, day)
+    condition = day_filter(source.dialect.name, src, day, start)
     if created_before is not None:
         condition = sa.and_(
             condition,
@@ -46,7 +48,11 @@ def count_source_rows(source: sa.Engine, day: dt.date, created_before: dt.dateti
 
 
 def game_events_reconciled(
-    source: sa.Engine, warehouse: sa.Engine, day: dt.date, extraction_started: dt.datetime | None
+    source: sa.Engine,
+    warehouse: sa.Engine,
+    day: dt.date,
+    extraction_started: dt.datetime | None,
+    start: dt.date | None = None,
 ) -> Invariant:
     """Rows extracted (recounted from the source) = clean + quarantined rows stored for the day.
 
@@ -57,8 +63,8 @@ def game_events_reconciled(
     """
     stored = partition_counts(warehouse, day)
     total = stored["clean"] + stored["quarantined"]
-    now_count = count_source_rows(source, day)
-    before = count_source_rows(source, day, extraction_started) if extraction_started else now_count
+    now_count = count_source_rows(source, day, start=start)
+    before = count_source_rows(source, day, extraction_started, start) if extraction_started else now_count
     metadata = {
         "source_rows_now": now_count,
         "source_rows_before_run": before,
@@ -187,15 +193,48 @@ def heatmap_consistent(
             .mappings()
             .first()
         )
-        total, *position_range = scan_position_range(conn, day, level)
         if row is None:
+            total = scan_position_range(conn, day, level)[0]
             return Invariant(
                 False, f"level {level} {day}: no row in heatmaps ({total} position events)", {"position_events": total}
             )
-        stored_bounds = None
-        if row["x_min"] is not None:
-            stored_bounds = GridBounds(row["x_min"], row["x_max"], row["y_min"], row["y_max"])
-        inside = _positions_inside(conn, day, level, stored_bounds)
+        problems, count_ok, metadata = heatmap_row_verdict(conn, row, day, level, grid_size, fixed_bounds)
+    updated_at = row["updated_at"]
+    stale = upstream_written_at is not None and updated_at is not None and upstream_written_at > updated_at
+    if problems or (not count_ok and not stale):
+        if not count_ok:
+            problems.append(_count_problem(metadata))
+        return Invariant(False, f"level {level} {day}: " + "; ".join(problems), metadata)
+    if not count_ok:
+        return Invariant(
+            False,
+            f"level {level} {day}: {_count_problem(metadata)}, but game_events "
+            "of the day changed after this heatmap was written: stale, the next heatmap run refreshes it",
+            metadata,
+            WARN,
+        )
+    return Invariant(
+        True,
+        f"level {level} {day}: sum {metadata['matrix_sum']:g} = in-bounds position events; bounds and grid as configured",
+        metadata,
+    )
+
+
+def _count_problem(metadata: dict) -> str:
+    return f"matrix sum {metadata['matrix_sum']:g} != {metadata['in_bounds_position_events']} in-bounds position events"
+
+
+def heatmap_row_verdict(
+    conn: sa.Connection, row, day: dt.date, level: str, grid_size: int, fixed_bounds: GridBounds | None
+) -> tuple[list[str], bool, dict]:
+    """The consistency rule of one ``heatmaps`` row (stored, or about to be written: a mapping of
+    its columns) against ``game_events`` read on ``conn``: (its problems other than the count,
+    whether the matrix sum equals the in-bounds position events, metadata)."""
+    total, *position_range = scan_position_range(conn, day, level)
+    stored_bounds = None
+    if row["x_min"] is not None:
+        stored_bounds = GridBounds(row["x_min"], row["x_max"], row["y_min"], row["y_max"])
+    inside = _positions_inside(conn, day, level, stored_bounds)
     problems: list[str] = []
     matrix = _matrix(row["matrix"])
     shape_ok = (
@@ -232,26 +271,18 @@ def heatmap_consistent(
         "expected_bounds": expected.as_list() if expected else None,
         "grid_size": grid_size,
     }
-    count_ok = matrix_sum == inside
-    updated_at = row["updated_at"]
-    stale = upstream_written_at is not None and updated_at is not None and upstream_written_at > updated_at
-    if problems or (not count_ok and not stale):
-        if not count_ok:
-            problems.append(f"matrix sum {matrix_sum:g} != {inside} in-bounds position events")
-        return Invariant(False, f"level {level} {day}: " + "; ".join(problems), metadata)
-    if not count_ok:
-        return Invariant(
-            False,
-            f"level {level} {day}: matrix sum {matrix_sum:g} != {inside} in-bounds position events, but game_events "
-            "of the day changed after this heatmap was written: stale, the next heatmap run refreshes it",
-            metadata,
-            WARN,
-        )
-    return Invariant(
-        True,
-        f"level {level} {day}: sum {matrix_sum:g} = in-bounds position events; bounds and grid as configured",
-        metadata,
-    )
+    return problems, matrix_sum == inside, metadata
+
+
+def heatmap_row_check(day: dt.date, level: str, grid_size: int, fixed_bounds: GridBounds | None):
+    """For ``upsert_heatmap(verify=...)``: every problem of the row about to be written, the count
+    included, read in the upsert's own transaction (so a row failing the rule is never written)."""
+
+    def problems_of(conn: sa.Connection, row) -> list[str]:
+        problems, count_ok, metadata = heatmap_row_verdict(conn, row, day, level, grid_size, fixed_bounds)
+        return problems if count_ok else [*problems, _count_problem(metadata)]
+
+    return problems_of
 
 
 def session_stats_reconciled(warehouse: sa.Engine, day: dt.date) -> Invariant:

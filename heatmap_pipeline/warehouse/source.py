@@ -3,10 +3,26 @@
 Everything that knows how the source is shaped or which rows make up a UTC day lives here, so the
 extraction, the reconciliation check and the late-events sensor all use the same filter. No Dagster here.
 
+Which day owns a row (the *filing rule*; :func:`day_filter` selects one day's rows by it, :func:`filed_day`
+computes it per row, and every source row has exactly one such day from PARTITION_START_DATE on):
+
+* its timestamp's UTC day, when the timestamp names a day (a time in the years 1-9999; on SQLite,
+  text starting with a valid date) on or after PARTITION_START_DATE - unless it lies a day or more
+  after a usable arrival;
+* else its arrival day (created_at's), when created_at is usable: it names a day on or after
+  PARTITION_START_DATE. So a row stamped in 1970, in the year 10000, 'infinity', or a day or more
+  after it arrived, or with a NULL or unparseable timestamp, is quarantined by the run of the day it
+  arrived on;
+* else (neither names a usable day: both NULL, both before PARTITION_START_DATE, ...) the first
+  partition, PARTITION_START_DATE itself, where it is quarantined for its timestamp.
+
+A row with a valid timestamp and a created_at before PARTITION_START_DATE (1970) is filed under its
+timestamp's day, where it is quarantined as ``future_timestamp`` (stamped decades after it arrived).
+
 The late-events read (:func:`arrivals_since`) is one index-friendly query (``created_at > :since``;
 the source should have an index on ``created_at``, see ``ix_events_created_at`` in tables.py), grouped
-by the UTC day of the event's timestamp - the same day the extraction files the row under. Rows whose
-timestamp is NULL are filed under their created_at day, so they are never late and are left out.
+by the filing day. Rows whose created_at Python cannot hold (infinity) have no arrival time: the sensor
+cannot see them arrive (``heatmap-pipeline reconcile`` names them if their day was loaded before).
 """
 
 from __future__ import annotations
@@ -16,7 +32,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from heatmap_pipeline.core.cleaning import Rejected, to_utc_naive
+from heatmap_pipeline.core.cleaning import UNHOLDABLE_TIME_COLUMNS, Rejected, to_utc_naive
 from heatmap_pipeline.warehouse.db import text_sql
 from heatmap_pipeline.warehouse.tables import SOURCE_EVENT_COLUMNS
 
@@ -48,52 +64,151 @@ def source_events_table() -> sa.TableClause:
 
 SQLITE_DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
 
-def day_filter(dialect: str, src: sa.TableClause, day: dt.date) -> sa.ColumnElement[bool]:
-    """Rows of one UTC day: by timestamp (index-friendly), or by created_at (arrival) when the
-    timestamp is NULL, a day or more after the arrival, or (SQLite) text without a date.
+# The times Python's datetime holds, as PostgreSQL literals (sessions run in UTC, db.get_engine).
+# PostgreSQL also holds infinity, -infinity, BC and years up to 294276: such a value is compared
+# in SQL only, and handed to Python as text (:func:`extracted_columns`).
+HOLDABLE_FROM, HOLDABLE_UNTIL = "0001-01-01 00:00:00+00", "10000-01-01 00:00:00+00"
+
+
+def _midnight(dialect: str, day: dt.date) -> sa.ColumnElement:
+    """The UTC midnight starting ``day`` as ``timestamp``/``created_at`` compare with it: SQLite's
+    text 'YYYY-MM-DD', a timestamp elsewhere."""
+    if dialect == "sqlite":
+        return sa.literal(day.isoformat())
+    return sa.literal(dt.datetime.combine(day, dt.time.min))
+
+
+def names_a_day(dialect: str, column: sa.ColumnElement) -> sa.ColumnElement[bool]:
+    """The time names a UTC day we can read: PostgreSQL, within the years 1-9999; SQLite, text
+    starting with a valid date (not '2025-02-30'). NULL (unknown) when the value is NULL."""
+    if dialect == "sqlite":
+        prefix = sa.func.substr(column, 1, 10)
+        # date() keeps '2025-02-30' as it is; a modifier makes it normalize the date ('2025-03-02')
+        valid = sa.func.date(prefix, "+0 days") == prefix
+        return sa.and_(sa.func.typeof(column) == "text", column.op("GLOB")(SQLITE_DATE_GLOB), valid)
+    return sa.and_(column >= sa.literal_column(f"'{HOLDABLE_FROM}'"), column < sa.literal_column(f"'{HOLDABLE_UNTIL}'"))
+
+
+@dataclass(frozen=True)
+class _Filing:
+    """The filing rule's conditions over one alias of ``events`` (never NULL)."""
+
+    arrival_ok: sa.ColumnElement[bool]  # created_at names a day on or after the start
+    stamped_ahead: sa.ColumnElement[bool]  # timestamp a day or more after a usable arrival
+    by_timestamp: sa.ColumnElement[bool]  # filed under the timestamp's day
+
+
+def _filing(dialect: str, src: sa.TableClause, start: dt.date | None) -> _Filing:
+    ts, created = src.c.timestamp, src.c.created_at
+    arrival = names_a_day(dialect, created)
+    stamped = names_a_day(dialect, ts)
+    if start is not None:
+        arrival = sa.and_(arrival, created >= _midnight(dialect, start))
+        stamped = sa.and_(stamped, ts >= _midnight(dialect, start))
+    arrival_ok = sa.func.coalesce(arrival, sa.false())
+    # A row stamped a day or more after it arrived is filed under its arrival day (the cleaner
+    # quarantines it as future_timestamp); otherwise it could wait in a day no run has reached.
+    if dialect == "sqlite":  # the cheap comparison first: SQLite stops at the first false term
+        far_future = sa.func.julianday(ts) >= sa.func.julianday(created) + 1
+        stamped_ahead = sa.func.coalesce(sa.and_(far_future, arrival_ok), sa.false())
+    else:  # (created_at + 1 day would overflow at PostgreSQL's own limit: only for usable ones)
+        far_future = sa.case((arrival_ok, ts >= created + sa.literal_column("INTERVAL '1 day'")))
+        stamped_ahead = sa.func.coalesce(sa.and_(arrival_ok, far_future), sa.false())
+    by_timestamp = sa.and_(sa.func.coalesce(stamped, sa.false()), sa.not_(stamped_ahead))
+    return _Filing(arrival_ok, stamped_ahead, by_timestamp)
+
+
+def day_filter(dialect: str, src: sa.TableClause, day: dt.date, start: dt.date | None = None) -> sa.ColumnElement[bool]:
+    """The source rows ``day`` owns by the filing rule (module docstring); ``start`` is
+    PARTITION_START_DATE (None: no first partition, rows naming no usable day belong to none).
 
     The one definition of "the source rows of a day": the Python path's extraction, the SQL
     path's statements (through :func:`day_filter_text`) and the reconciliation check's recount
-    all use it. ``dialect`` is the engine's ``dialect.name``.
+    all use it. ``dialect`` is the engine's ``dialect.name``. Index-friendly: a timestamp range
+    or a created_at range (and, on the first day only, the rows before or beyond every range).
 
     On SQLite timestamps are text; comparing with 'YYYY-MM-DD' strings works for both the
-    'T' and ' ' separators.
+    'T' and ' ' separators, and such a range only holds text starting with that day.
     """
-    start, end = day_bounds(day)
-    if dialect == "sqlite":
-        start, end = start.date().isoformat(), end.date().isoformat()
+    if start is not None and day < start:
+        return sa.false()  # no partition
+    lo, hi = _midnight(dialect, day), _midnight(dialect, day + dt.timedelta(days=1))
     ts, created = src.c.timestamp, src.c.created_at
-    # A row stamped a day or more after it arrived is filed under its arrival day (the cleaner
-    # quarantines it as future_timestamp); otherwise it could wait in a day no run has reached.
+    filing = _filing(dialect, src, start)
+    in_range = sa.and_(ts >= lo, ts < hi)
+    branches = [
+        sa.and_(in_range, sa.not_(filing.stamped_ahead)),
+        # A row with its timestamp on this day too is in the branch above (it cannot be a day
+        # ahead of an arrival on the same day): the cheap range test spares the full rule for it.
+        sa.and_(created >= lo, created < hi, sa.not_(sa.func.coalesce(in_range, sa.false())), sa.not_(filing.by_timestamp)),
+    ]
+    if start is not None and day == start:
+        if dialect == "sqlite":
+            branches.append(sa.and_(sa.not_(filing.arrival_ok), sa.not_(filing.by_timestamp)))
+        else:  # the same, spelt as ranges an index can serve
+            first, until = _midnight(dialect, start), sa.literal_column(f"'{HOLDABLE_UNTIL}'")
+            branches.append(
+                sa.and_(
+                    sa.or_(ts.is_(None), ts < first, ts >= until),
+                    sa.or_(created.is_(None), created < first, created >= until),
+                )
+            )
+    return sa.or_(*branches)
+
+
+def filed_day(dialect: str, src: sa.TableClause, start: dt.date | None = None) -> sa.ColumnElement:
+    """The day that owns each row by the filing rule (:func:`day_filter` of that day selects it):
+    a date on PostgreSQL, 'YYYY-MM-DD' text on SQLite; NULL only without a ``start``."""
+    filing = _filing(dialect, src, start)
     if dialect == "sqlite":
-        far_future = sa.func.julianday(ts) >= sa.func.julianday(created) + 1
+        day_of = lambda column: sa.func.substr(column, 1, 10)  # noqa: E731 - the text ranges' own day
+        first = sa.literal(start.isoformat()) if start else None
     else:
-        far_future = ts >= created + sa.literal_column("INTERVAL '1 day'")
-    by_arrival = [ts.is_(None), far_future]
-    if dialect == "sqlite":
-        # Text that does not start with a date would match no day: file it under its arrival
-        # day, where the cleaner quarantines it as unparseable_timestamp.
-        by_arrival.append(sa.and_(sa.func.typeof(ts) == "text", sa.not_(ts.op("GLOB")(SQLITE_DATE_GLOB))))
-    # Two index-friendly branches: the timestamp's day, or the arrival (created_at) day.
-    return sa.or_(
-        sa.and_(ts >= start, ts < end, sa.not_(sa.func.coalesce(far_future, sa.false()))),
-        sa.and_(sa.or_(*by_arrival), created >= start, created < end),
+        day_of = lambda column: sa.cast(column, sa.Date)  # noqa: E731 - sessions run in UTC
+        first = sa.cast(sa.literal(start.isoformat()), sa.Date) if start else None
+    return sa.case(
+        (filing.by_timestamp, day_of(src.c.timestamp)), (filing.arrival_ok, day_of(src.c.created_at)), else_=first
     )
 
-def day_filter_text(dialect: str, day: dt.date, alias: str = "e") -> str:
+
+def day_filter_text(dialect: str, day: dt.date, alias: str = "e", start: dt.date | None = None) -> str:
     """:func:`day_filter` over ``events AS <alias>`` as SQL for the SQL path's ``sa.text``
     statements: parenthesized, the day's bounds inline (literals, so no parameters to pass)."""
-    return "(" + text_sql(day_filter(dialect, source_events_table().alias(alias), day), dialect, literal_binds=True) + ")"
+    return "(" + text_sql(day_filter(dialect, source_events_table().alias(alias), day, start), dialect, literal_binds=True) + ")"
 
 # The columns the extraction hands the cleaner, in this order (a quarantined row's raw_row JSON
 # keeps it, so both ETL paths must select them so): the source's order, the payload last.
 EXTRACTED_COLUMNS = (*(c for c in SOURCE_EVENT_COLUMNS if c != "payload"), "payload")
 
-def extract_day_query(engine: sa.Engine, day: dt.date) -> sa.Select:
+def extracted_columns(dialect: str, table: sa.TableClause) -> list[sa.ColumnElement]:
+    """What the extraction selects from ``table`` (``events``, or the SQL path's residue): the
+    ``EXTRACTED_COLUMNS``; on PostgreSQL a time Python cannot hold is NULL there and comes as text
+    in its ``UNHOLDABLE_TIME_COLUMNS`` column, last (the driver would fail the whole day on it)."""
+    columns = []
+    for name in EXTRACTED_COLUMNS:
+        column = table.c[name]
+        if name == "payload":  # JSON, JSONB or text payloads all arrive as text: size checks see the stored bytes
+            columns.append(sa.cast(column, sa.Text).label(name))
+        elif name in UNHOLDABLE_TIME_COLUMNS and dialect == "postgresql":
+            columns.append(sa.case((names_a_day(dialect, column), column)).label(name))
+        else:
+            columns.append(column)
+    if dialect == "postgresql":
+        for name, carrier in UNHOLDABLE_TIME_COLUMNS.items():
+            column = table.c[name]
+            unholdable = sa.and_(column.is_not(None), sa.not_(names_a_day(dialect, column)))
+            columns.append(sa.case((unholdable, sa.cast(column, sa.Text))).label(carrier))
+    return columns
+
+
+def extract_day_query(engine: sa.Engine, day: dt.date, start: dt.date | None = None) -> sa.Select:
     src = source_events_table()
-    # JSON, JSONB or text payloads all arrive as text, so size checks see the stored bytes.
-    columns = [sa.cast(src.c[c], sa.Text).label(c) if c == "payload" else src.c[c] for c in EXTRACTED_COLUMNS]
-    return sa.select(*columns).where(day_filter(engine.dialect.name, src, day)).order_by(src.c.id, src.c.created_at)
+    dialect = engine.dialect.name
+    return (
+        sa.select(*extracted_columns(dialect, src))
+        .where(day_filter(dialect, src, day, start))
+        .order_by(src.c.id, src.c.created_at)
+    )
 
 
 def sqlite_timestamp_text(moment: dt.datetime) -> str:
@@ -117,16 +232,16 @@ class Arrivals:
     newest_created_at: dt.datetime  # naive UTC
 
 
-def arrivals_since(source: sa.Engine, since: dt.datetime) -> list[Arrivals]:
-    """Rows created after ``since`` (naive UTC), per UTC day of their timestamp, oldest day first."""
+def arrivals_since(source: sa.Engine, since: dt.datetime, start: dt.date | None = None) -> list[Arrivals]:
+    """Rows created after ``since`` (naive UTC), per filing day (``start``: PARTITION_START_DATE),
+    oldest day first. Rows whose created_at names no day (infinity; SQLite text that is no date)
+    have no arrival time and are left out."""
     src = source_events_table()
-    if source.dialect.name == "sqlite":
-        day = sa.func.substr(src.c.timestamp, 1, 10)  # the extraction's text-range day filter, same prefix
-    else:
-        day = sa.cast(src.c.timestamp, sa.Date)  # sessions run in UTC (db.get_engine)
+    dialect = source.dialect.name
+    day = filed_day(dialect, src, start)
     query = (
         sa.select(day.label("day"), sa.func.count().label("rows"), sa.func.max(src.c.created_at).label("newest"))
-        .where(src.c.created_at > created_at_value(source.dialect.name, since), src.c.timestamp.is_not(None))
+        .where(src.c.created_at > created_at_value(dialect, since), names_a_day(dialect, src.c.created_at))
         .group_by(day)
     )
     with source.connect() as conn:
@@ -136,7 +251,7 @@ def arrivals_since(source: sa.Engine, since: dt.datetime) -> list[Arrivals]:
         try:
             day_value = raw_day if isinstance(raw_day, dt.date) else dt.date.fromisoformat(str(raw_day))
             newest_value = to_utc_naive(newest)
-        except (ValueError, Rejected):
-            continue  # an unparseable timestamp has no day; the extraction quarantines it wherever it lands
+        except (ValueError, TypeError, Rejected):
+            continue  # (no start: a row owned by no day)
         arrivals.append(Arrivals(day_value, int(rows), newest_value))
     return sorted(arrivals, key=lambda a: a.day)

@@ -39,6 +39,7 @@ def cleaning_rules(settings: Settings, now: dt.datetime) -> CleaningRules:
         max_payload_bytes=settings.max_payload_bytes,
         future_cutoff=now + dt.timedelta(minutes=settings.future_tolerance_minutes),
         arrival_tolerance=dt.timedelta(minutes=settings.future_tolerance_minutes),
+        partition_start=settings.partition_start_date,
     )
 
 
@@ -125,6 +126,7 @@ def build_game_events_checks(settings: Settings, dates: dg.PartitionsDefinition)
                     warehouse.engine(),
                     dt.date.fromisoformat(key),
                     run_start_of_latest_materialization(context.instance, GAME_EVENTS, key),
+                    settings.partition_start_date,
                 )
                 for key in check_partition_keys(context)
             ]

@@ -25,7 +25,7 @@ from heatmap_pipeline.orchestration import (
 )
 from heatmap_pipeline.settings import Settings
 from heatmap_pipeline.warehouse import invariants
-from heatmap_pipeline.warehouse.heatmaps import compute_heatmap, upsert_heatmap
+from heatmap_pipeline.warehouse.heatmaps import InconsistentHeatmap, compute_heatmap, upsert_heatmap
 
 
 def png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
@@ -87,8 +87,17 @@ def build_level_heatmaps_asset(
         refusal = upstream_gate_message(upstream, level)
         if refusal:
             raise dg.Failure(description=refusal, allow_retries=False)
-        result = compute_heatmap(warehouse.engine(), day, level, settings.heatmap_grid_size, settings.heatmap_bounds.get(level))
-        upsert_heatmap(warehouse.engine(), result, utcnow())
+        fixed = settings.heatmap_bounds.get(level)
+        verify = invariants.heatmap_row_check(day, level, settings.heatmap_grid_size, fixed)
+        result = compute_heatmap(warehouse.engine(), day, level, settings.heatmap_grid_size, fixed)
+        try:
+            upsert_heatmap(warehouse.engine(), result, utcnow(), verify)
+        except InconsistentHeatmap as refused:
+            # An ETL run may have replaced the day between computing and writing: compute once
+            # more. Refused again, the heatmap is wrong, not stale: the run fails, nothing written.
+            context.log.warning(f"{refused}; computing it once more")
+            result = compute_heatmap(warehouse.engine(), day, level, settings.heatmap_grid_size, fixed)
+            upsert_heatmap(warehouse.engine(), result, utcnow(), verify)
         summary = result.summary
         bounds = result.bounds.as_list() if result.bounds else None
         context.log.info(

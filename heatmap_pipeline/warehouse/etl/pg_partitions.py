@@ -53,15 +53,20 @@ def partition_name(day: dt.date) -> str:
 def create_stage(conn: sa.Connection, day: dt.date) -> sa.TableClause:
     """A fresh, index-less table shaped like ``game_events`` that only accepts rows of ``day``.
 
-    The CHECK constraint lets ATTACH skip its validation scan.
+    Built from the columns in tables.py, not ``LIKE game_events``: LIKE takes a lock on
+    game_events that the swap later upgrades, and two runs of different days each holding it
+    while waiting for the other's upgrade deadlock (40P01). The CHECK constraint lets ATTACH skip
+    its validation scan.
     """
     name = f"{partition_name(day)}_{uuid.uuid4().hex[:8]}"
-    conn.execute(
-        sa.text(
-            f"CREATE TABLE {quote_ident(name)} (LIKE game_events INCLUDING DEFAULTS, "
-            f"CONSTRAINT {quote_ident(name + '_day')} CHECK (event_date = DATE '{day.isoformat()}'))"
-        )
+    stage = sa.Table(
+        name,
+        sa.MetaData(),
+        # the same names, types, collations and NOT NULLs (ATTACH requires them); no key, no index yet
+        *(sa.Column(c.name, c.type, nullable=c.nullable and not c.primary_key) for c in game_events.columns),
+        sa.CheckConstraint(f"event_date = DATE '{day.isoformat()}'", name=f"{name}_day"),
     )
+    conn.execute(sa.schema.CreateTable(stage))
     return sa.table(name, *(sa.column(c.name) for c in game_events.columns))
 
 

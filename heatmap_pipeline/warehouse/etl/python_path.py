@@ -31,7 +31,7 @@ def load_partition_python(
     loader = "copy" if warehouse.dialect.name == "postgresql" else "executemany"
     result = EtlResult(partition_date=day, method=f"python ({loader})")
     reasons: collections.Counter[str] = collections.Counter()
-    query = extract_day_query(source, day)
+    query = extract_day_query(source, day, rules.partition_start)
     with warehouse.begin() as write, load_page_cache(write), source.connect() as read:
         target = begin_day(write, day)
         ranges = PositionRanges()

@@ -26,7 +26,9 @@ exactly its 1.1% malformed rows). What SQL accepts as certainly clean:
 * coordinates and scores that are JSON numbers of a safe magnitude, or plain decimal strings;
 * a level that is, as text or as an integral number, one of the configured levels;
 * a timestamp on the partition's UTC day, not after the future cutoff (SQLite: ISO text
-  without offset, ``YYYY-MM-DD HH:MM:SS[.f{1,6}]``);
+  without offset, ``YYYY-MM-DD HH:MM:SS[.f{1,6}]``), and a created_at that is NULL or a time
+  Python can hold (not ``infinity``, not year 10000: the residue reads those as text, see
+  ``source.extracted_columns``);
 * an id that is unique among the day's rows (skipped when the source declares it unique).
 
 PostgreSQL runs everything as one statement (data-modifying CTEs), so the clean rows and the
@@ -44,7 +46,14 @@ import sqlalchemy as sa
 from heatmap_pipeline.core.binning import PositionRanges
 from heatmap_pipeline.core.cleaning import CleaningRules, EventCleaner
 from heatmap_pipeline.warehouse.etl.writing import EtlResult, begin_day, finish_day, load_page_cache, write_cleaned_chunks
-from heatmap_pipeline.warehouse.source import EXTRACTED_COLUMNS, day_bounds, day_filter_text
+from heatmap_pipeline.warehouse.source import (
+    EXTRACTED_COLUMNS,
+    HOLDABLE_FROM,
+    HOLDABLE_UNTIL,
+    day_bounds,
+    day_filter_text,
+    extracted_columns,
+)
 from heatmap_pipeline.warehouse.tables import game_events
 
 # Fast-path payloads are at most this many bytes: keeps the regex cheap, and Python's json
@@ -167,10 +176,11 @@ SHORT_PAYLOAD_BYTES = 300
 
 
 def _pg_number(jv: str) -> str:
-    """A JSON value as float8 exactly as Python's float() reads it, or NULL when not certain.
+    """A JSON value as float8 exactly as the Python cleaner reads it, or NULL when not certain.
 
     ``short`` (a column of the row) says the payload is short and exponent-free, so a JSON
     number cast to float8 cannot overflow; otherwise the magnitude is checked as numeric first.
+    Plus 0, as the cleaner adds: the string "-0" is float8 -0, and -0 + 0 is 0.
     """
     n = f"CAST({jv} AS numeric)"
     guarded = f"CASE WHEN abs({n}) < 1e300 AND (abs({n}) > 1e-300 OR {n} = 0) THEN CAST({n} AS double precision) END"
@@ -178,7 +188,7 @@ def _pg_number(jv: str) -> str:
         f"(CASE jsonb_typeof({jv}) "
         f"WHEN 'number' THEN CASE WHEN short THEN CAST({jv} AS double precision) ELSE {guarded} END "
         f"WHEN 'string' THEN CASE WHEN ({jv} #>> '{{}}') ~ :plain_decimal "
-        f"THEN CAST({jv} #>> '{{}}' AS double precision) END END)"
+        f"THEN CAST({jv} #>> '{{}}' AS double precision) END END + CAST(0 AS double precision))"
     )
 
 
@@ -198,7 +208,7 @@ def _pg_level(jv: str) -> str:
     )
 
 
-def _pg_statement(types: dict[str, str], id_unique: bool, target: str, day: dt.date) -> str:
+def _pg_statement(types: dict[str, str], id_unique: bool, target: str, day: dt.date, start: dt.date | None) -> str:
     # Which payloads may be cast to jsonb without an error, and then read the way Python reads
     # them. json/jsonb columns hold JSON PostgreSQL already parsed: only a huge exponent (a
     # numeric overflow when cast) needs excluding. Text may hold anything: only flat objects
@@ -234,7 +244,7 @@ def _pg_statement(types: dict[str, str], id_unique: bool, target: str, day: dt.d
                (octet_length({text_payload}) <= LEAST({SHORT_PAYLOAD_BYTES}, :fast_max)
                 AND {text_payload} !~ '[0-9.][eE]') AS short
         FROM events e
-        WHERE {day_filter_text("postgresql", day, "e")}
+        WHERE {day_filter_text("postgresql", day, "e", start)}
         OFFSET 0
     ),
     parsed AS (
@@ -266,7 +276,11 @@ def _pg_statement(types: dict[str, str], id_unique: bool, target: str, day: dt.d
                (id IS NOT NULL AND n_id = 1 AND j IS NOT NULL
                 AND ts_utc >= :start AND ts_utc < :end
                 AND (CAST(:cutoff AS timestamp) IS NULL OR ts_utc <= CAST(:cutoff AS timestamp))
-                AND (created_utc IS NULL OR ts_utc <= created_utc + CAST(:arrival_tolerance AS interval))) AS row_ok
+                AND CASE WHEN created_utc IS NULL THEN TRUE
+                         -- a created_at Python cannot hold (infinity, year 10000) is Python's to quarantine
+                         WHEN created_utc >= '{HOLDABLE_FROM}' AND created_utc < '{HOLDABLE_UNTIL}'
+                         THEN ts_utc <= created_utc + CAST(:arrival_tolerance AS interval)
+                         ELSE FALSE END) AS row_ok
         FROM members
         OFFSET 0
     ),
@@ -329,7 +343,7 @@ def _pg_fast_insert(
             f"CREATE TEMP TABLE etl_residue ON COMMIT DROP AS SELECT {_extracted_columns('e')} FROM events e WITH NO DATA"
         )
     )
-    statement = _pg_statement(types, _pg_id_is_unique(conn), target, day)
+    statement = _pg_statement(types, _pg_id_is_unique(conn), target, day, rules.partition_start)
     # The statement keeps the classified day in a tuplestore (the clean rows and the residue
     # both read it): in memory it costs a fraction of spilling ~160 bytes a row to disk.
     conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
@@ -340,7 +354,8 @@ def _pg_fast_insert(
         else:
             ranges.add_summary(level, n, x_min, x_max, y_min, y_max)
     residue = sa.table("etl_residue", *(sa.column(c) for c in _RESIDUE_COLUMNS))
-    query = sa.select(*(residue.c[c] for c in _RESIDUE_COLUMNS)).order_by(residue.c.id, residue.c.created_at)
+    # as the extraction selects them: a time Python cannot hold comes as text (source.extracted_columns)
+    query = sa.select(*extracted_columns("postgresql", residue)).order_by(residue.c.id, residue.c.created_at)
     return int(fast), query, {}
 
 
@@ -367,7 +382,8 @@ def _sqlite_ts(col: str, *, same_day: bool) -> tuple[str, str]:
     The normalized text is the form SQLAlchemy stores a naive DateTime in on SQLite.
     """
     t = f'e."{col}"'
-    day_ok = f"substr({t}, 1, 10) = :day" if same_day else f"date(substr({t}, 1, 10)) = substr({t}, 1, 10)"
+    # (date() alone keeps '2025-02-30'; with a modifier it normalizes it, so only a real date compares equal)
+    day_ok = f"substr({t}, 1, 10) = :day" if same_day else f"date(substr({t}, 1, 10), '+0 days') = substr({t}, 1, 10)"
     cond = (
         f"(typeof({t}) = 'text' AND (length({t}) = 19 OR (length({t}) BETWEEN 21 AND 26 AND substr({t}, 20, 1) = '.' "
         f"AND substr({t}, 21) NOT GLOB '*[^0-9]*')) "
@@ -393,7 +409,7 @@ def _sqlite_number(path: str) -> tuple[str, str]:
     return value, certain
 
 
-def _sqlite_select(id_unique: bool, day: dt.date) -> str:
+def _sqlite_select(id_unique: bool, day: dt.date, start: dt.date | None) -> str:
     ts_ok, ts_norm = _sqlite_ts("timestamp", same_day=True)
     created_ok, created_norm = _sqlite_ts("created_at", same_day=False)
     n_id = "1" if id_unique else "count(*) OVER (PARTITION BY CAST(e.id AS TEXT))"
@@ -436,7 +452,7 @@ def _sqlite_select(id_unique: bool, day: dt.date) -> str:
                {ts_norm} AS ts_norm,
                CASE WHEN e.created_at IS NOT NULL THEN {created_norm} END AS created_norm
         FROM events e
-        WHERE {day_filter_text("sqlite", day, "e")}
+        WHERE {day_filter_text("sqlite", day, "e", start)}
         LIMIT -1 OFFSET 0  -- a fence: compute pre_ok once per row, not once per reference
     ),
     typed AS (
@@ -476,7 +492,7 @@ def _sqlite_fast_insert(
         position_types=json.dumps(params["position_types"]),
         levels=json.dumps(params["levels"]),
     )
-    with_clause = _sqlite_select(_sqlite_id_is_unique(conn), day)
+    with_clause = _sqlite_select(_sqlite_id_is_unique(conn), day, rules.partition_start)
     insert_clean = _insert_clean_rows(
         game_events.name, day=":day", ts="ts_norm", created_at="created_norm", default_level=":default_level"
     )
@@ -497,7 +513,7 @@ def _sqlite_fast_insert(
     residue = sa.text(
         f"""
         SELECT {_extracted_columns("e")} FROM events e
-        WHERE {day_filter_text("sqlite", day, "e")}
+        WHERE {day_filter_text("sqlite", day, "e", rules.partition_start)}
           AND (e.id IS NULL OR NOT EXISTS (
               SELECT 1 FROM game_events g WHERE g.event_date = :day AND g.event_id = CAST(e.id AS TEXT)))
         ORDER BY e.id, e.created_at
