@@ -64,13 +64,15 @@ def sqlite_url(tmp_path) -> str:
 
 
 @contextlib.contextmanager
-def postgres_database():
-    """A brand-new PostgreSQL database (its URL), dropped afterwards, even while servers still use it."""
+def postgres_database(create_options: str = ""):
+    """A brand-new PostgreSQL database (its URL), dropped afterwards, even while servers still use it.
+
+    ``create_options``: appended to CREATE DATABASE (e.g. an encoding)."""
     require_postgres()
     name = f"hp_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(ADMIN_POSTGRES_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}" {create_options}'))
     url = sa.engine.make_url(ADMIN_POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     try:
         yield url

@@ -442,21 +442,10 @@ def test_numbers_are_read_as_pd_to_numeric_reads_them_on_both_paths(db_url, tmp_
 
 @pytest.fixture
 def sql_ascii_url():
-    from heatmap_pipeline_tests.conftest import require_postgres
+    from heatmap_pipeline_tests.conftest import postgres_database
 
-    require_postgres()
-    name = f"hp_test_ascii_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(ADMIN_POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"))
-    url = sa.engine.make_url(ADMIN_POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    try:
+    with postgres_database("ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'") as url:
         yield url
-    finally:
-        get_engine.cache_clear()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.mark.postgres
