@@ -31,7 +31,6 @@ from heatmap_pipeline.warehouse.etl.sql_path import load_partition_sql
 from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
 from heatmap_pipeline.warehouse.source import arrivals_since, day_filter, filed_day, source_events_table
 from heatmap_pipeline.warehouse.tables import game_events, heatmaps, quarantined_events
-from heatmap_pipeline_tests.conftest import ADMIN_POSTGRES_URL
 from heatmap_pipeline_tests.support import (
     build_defs,
     event,
