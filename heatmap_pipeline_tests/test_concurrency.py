@@ -97,18 +97,23 @@ def test_two_etl_runs_of_one_partition_at_once_equal_one_clean_run(postgres_url,
 def test_two_heatmap_runs_of_one_partition_at_once_leave_one_row(postgres_url, monkeypatch):
     write_source_events(postgres_url, old_readme_sample(DAY, 30))
     defs = build_defs(monkeypatch, postgres_url)
+    assert (
+        defs.get_job_def("etl_job")
+        .execute_in_process(partition_key=DAY.isoformat(), instance=dg.DagsterInstance.ephemeral())
+        .success
+    )
     key = dg.MultiPartitionKey({"date": DAY.isoformat(), "level": "1"})
     job = defs.get_job_def("heatmap_job")
-    with dg.instance_for_test() as shared:  # one instance on disk: the heatmaps see the ETL that ran before them
-        assert defs.get_job_def("etl_job").execute_in_process(partition_key=DAY.isoformat(), instance=shared).success
 
-        def run():
-            # each run its own instance object on the shared storage, disposed in the thread that made it
-            with dg.DagsterInstance.from_ref(shared.get_ref()) as instance:
-                return job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+    def run():
+        with dg.DagsterInstance.ephemeral() as instance:  # disposed in the thread that created it
+            # The ETL above loaded the day; this instance learns it, as the one that ran it would know
+            # (level_heatmaps refuses a day its instance never saw loaded).
+            instance.report_runless_asset_event(dg.AssetMaterialization("game_events", partition=DAY.isoformat()))
+            return job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
 
-        results = _run_concurrently(postgres_url, "heatmaps", ("1", DAY), [run, run])
-        assert all(r.success for r in results)
-        raced = warehouse_snapshot(postgres_url)["heatmaps"]
-        assert len(raced) == 1 and raced[0][3] == 30
-        assert run().success and warehouse_snapshot(postgres_url)["heatmaps"] == raced
+    results = _run_concurrently(postgres_url, "heatmaps", ("1", DAY), [run, run])
+    assert all(r.success for r in results)
+    raced = warehouse_snapshot(postgres_url)["heatmaps"]
+    assert len(raced) == 1 and raced[0][3] == 30
+    assert run().success and warehouse_snapshot(postgres_url)["heatmaps"] == raced
