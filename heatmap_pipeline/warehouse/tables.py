@@ -151,6 +151,34 @@ heatmaps = sa.Table(
     sa.UniqueConstraint("level", "date", name="uq_heatmaps_level_date"),
 )
 
+# Every heatmap kind of a (level, date): positions, deaths, jumps, ... (see the levels file, HEATMAP_LEVELS_FILE).
+# The positions kind is also written to the old ``heatmaps`` row, unchanged, so old readers
+# (``SELECT matrix FROM heatmaps WHERE level AND date``) still get exactly one row; the read API and
+# the designer page read this table only. Written by level_heatmaps in the transaction of the old row.
+heatmap_kinds = sa.Table(
+    "heatmap_kinds",
+    metadata,
+    sa.Column("level", sa.String(64), primary_key=True),
+    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("kind", sa.String(64), primary_key=True),
+    sa.Column("grid_x", sa.Integer, nullable=False, comment="columns of matrix (x bins)"),
+    sa.Column("grid_y", sa.Integer, nullable=False, comment="rows of matrix (y bins)"),
+    sa.Column("matrix", sa.JSON, nullable=False, comment="rows = y bins (row 0 = lowest y), columns = x bins"),
+    sa.Column("x_min", sa.Float),
+    sa.Column("x_max", sa.Float),
+    sa.Column("y_min", sa.Float),
+    sa.Column("y_max", sa.Float),
+    sa.Column("bounds_source", sa.String(16), comment="'fixed' (levels file / HEATMAP_BOUNDS) or 'auto'"),
+    sa.Column("total", sa.Float, nullable=False, comment="sum of the matrix: in-bounds events of the kind"),
+    sa.Column("max_count", sa.Float, nullable=False),
+    sa.Column("nonempty_cells", sa.Integer, nullable=False),
+    sa.Column("out_of_bounds", sa.Integer, nullable=False),
+    sa.Column("events", sa.Integer, nullable=False, comment="events of the kind with x and y, in bounds or not"),
+    sa.Column("sessions", sa.Integer, nullable=False, comment="distinct sessions among those events (per-session normalisation)"),
+    sa.Column("updated_at", sa.DateTime(timezone=False), nullable=False),
+    sa.Index("ix_heatmap_kinds_level_kind_date", "level", "kind", "date"),
+)
+
 admin_trigger_requests = sa.Table(
     "admin_trigger_requests",
     metadata,
