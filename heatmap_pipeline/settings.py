@@ -24,12 +24,21 @@ from urllib.parse import urlsplit
 
 import annotated_types
 from dotenv import dotenv_values
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from heatmap_pipeline.core.binning import GridBounds
+from heatmap_pipeline.core.levels import (
+    DEFAULT_KINDS,
+    KindConfig,
+    LevelConfig,
+    LevelsFile,
+    LevelsFileError,
+    load_levels_file,
+    resolve_level,
+)
 
 
 DEFAULT_PARTITION_START_DATE = dt.date(2025, 1, 1)
@@ -91,6 +100,12 @@ class Settings(BaseSettings):
         default_factory=dict, alias="HEATMAP_BOUNDS",
         description='Fixed world bounds per level, JSON: {"1": [xmin, xmax, ymin, ymax]}.',
         json_schema_extra=_derived("(none: each day's own min/max)"),
+    )
+    heatmap_levels_file: Path | None = Field(
+        None, alias="HEATMAP_LEVELS_FILE",
+        description="TOML or YAML file describing levels (name, bounds, grid, background, kinds) and heatmap kinds; "
+        "it wins over HEATMAP_GRID_SIZE and HEATMAP_BOUNDS, and its levels are added to HEATMAP_LEVELS.",
+        json_schema_extra=_derived("(none: every level from the variables above)"),
     )
     configured_partition_start_date: dt.date | None = Field(
         None, alias="PARTITION_START_DATE", description="First daily partition (YYYY-MM-DD, UTC).",
@@ -277,8 +292,18 @@ class Settings(BaseSettings):
                 raise PydanticUseDefault()
         return value
 
+    _levels_file: LevelsFile | None = PrivateAttr(None)
+
     @model_validator(mode="after")
     def _levels_agree(self) -> Settings:
+        if self.heatmap_levels_file is not None:
+            try:
+                self._levels_file = load_levels_file(self.heatmap_levels_file)
+            except LevelsFileError as exc:
+                raise SettingsError(str(exc)) from None
+            # The file's levels are partitions too: HEATMAP_LEVELS first, then the file's others.
+            merged = tuple(dict.fromkeys((*self.heatmap_levels, *self._levels_file.levels)))
+            object.__setattr__(self, "heatmap_levels", merged)  # frozen model; this is its own validation
         levels = ",".join(self.heatmap_levels)
         if self.heatmap_default_level not in self.heatmap_levels:
             raise SettingsError(f"HEATMAP_DEFAULT_LEVEL={self.heatmap_default_level!r} is not one of HEATMAP_LEVELS ({levels}).")
@@ -288,6 +313,23 @@ class Settings(BaseSettings):
         return self
 
     # --- values derived from others: what applies when the variable is unset ---
+
+    @property
+    def heatmap_kinds(self) -> dict[str, KindConfig]:
+        """Every known heatmap kind: positions, deaths, jumps, then the levels file's own."""
+        return dict(self._levels_file.kinds) if self._levels_file else dict(DEFAULT_KINDS)
+
+    def level_config(self, level_id: str) -> LevelConfig:
+        """The level's configuration: its levels-file entry where it says something, else
+        HEATMAP_GRID_SIZE, HEATMAP_BOUNDS, every kind and no background. Any level id answers."""
+        entry = self._levels_file.levels.get(level_id) if self._levels_file else None
+        return resolve_level(
+            level_id,
+            entry,
+            grid_size=self.heatmap_grid_size,
+            bounds=self.heatmap_bounds.get(level_id),
+            kinds=self.heatmap_kinds,
+        )
 
     @property
     def heatmap_default_level(self) -> str:

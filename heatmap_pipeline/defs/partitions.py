@@ -1,4 +1,5 @@
-"""Partitions: UTC days from PARTITION_START_DATE (today included), and the configured levels.
+"""Partitions: UTC days from PARTITION_START_DATE (today included), and the configured levels
+(HEATMAP_LEVELS, then the levels file's own: settings.heatmap_levels holds both).
 
 Changing HEATMAP_LEVELS changes ``level_partitions``: new levels appear as unmaterialized
 partitions, removed levels disappear from the UI (their rows in ``heatmaps`` are kept, and
