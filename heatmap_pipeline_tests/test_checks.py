@@ -241,21 +241,44 @@ def test_heatmap_fails_on_a_negative_cell_even_when_the_sum_is_right(good):
     assert not result.passed and result.severity == "ERROR" and "negative or non-finite cell" in result.description
 
 
-def test_heatmap_fails_when_sum_differs_from_in_bounds_positions(good):
+def test_heatmap_fails_when_the_matrix_disagrees_with_the_etls_position_count(good):
+    """matrix sum + out of bounds must equal the position events the ETL recorded for the day
+    (position_stats, written with the partition): no rescan of the day, still an honest count."""
     url = good
-    _execute(
-        url,
-        game_events.insert().values(
-            event_date=DAY, event_id="extra", ts=dt.datetime(2025, 11, 16, 13), level="1", x=5.0, y=5.0
-        ),
-    )
+    assert "sum 30 + 1 out of bounds = 31 position events the ETL recorded" in _heatmap(url).description
+    matrix = _stored_matrix(url)
+    matrix[0][0] += 1  # a point the rows do not have
+    _execute(url, heatmaps.update().where(heatmaps.c.level == "1").values(matrix=matrix))
     result = _heatmap(url)
-    assert not result.passed and "matrix sum 30 != 31 in-bounds position events" in result.description
+    assert not result.passed and "matrix sum 31 + 1 out of bounds != 31 position events" in result.description
+    matrix[0][0] -= 1
+    _execute(url, heatmaps.update().where(heatmaps.c.level == "1").values(matrix=matrix, out_of_bounds=0))
+    assert "matrix sum 30 + 0 out of bounds != 31" in _heatmap(url).description  # a lost point
+
+
+def test_heatmap_fails_when_the_etl_reloaded_more_positions(good):
+    url = good
+    write_source_events(url, [event(dt.datetime(2025, 11, 16, 13), {"x": 5.0, "y": 5.0})])
+    engine, now = _engine(url), dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    settings = load_settings(settings_env(url, HEATMAP_GRID_SIZE="10"))
+    assert load_partition(engine, engine, DAY, cleaning_rules(settings, now), now).positions == {"1": 32}
+    result = _heatmap(url)
+    assert not result.passed and "matrix sum 30 + 1 out of bounds != 32 position events" in result.description
     # ... unless game_events was rewritten after the heatmap: then it is stale (WARN, not blocking)
     stale = invariants.heatmap_consistent(
         _engine(url), DAY, "1", 10, BOUNDS, upstream_written_at=dt.datetime(2999, 1, 1)
     )
     assert not stale.passed and stale.severity == "WARN" and "stale" in stale.description
+
+
+def test_heatmap_with_automatic_bounds_has_no_point_out_of_bounds(good):
+    url = good
+    engine = _engine(url)
+    upsert_heatmap(engine, compute_heatmap(engine, DAY, "1", 10, None), dt.datetime(2025, 11, 17))
+    assert invariants.heatmap_consistent(engine, DAY, "1", 10, None).passed
+    _execute(url, heatmaps.update().where(heatmaps.c.level == "1").values(out_of_bounds=1))
+    result = invariants.heatmap_consistent(engine, DAY, "1", 10, None)
+    assert not result.passed and "1 point(s) out of bounds, but automatic bounds" in result.description
 
 
 def test_heatmap_fails_when_bounds_or_grid_differ_from_the_configuration(good):

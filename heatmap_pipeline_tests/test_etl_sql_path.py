@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from heatmap_pipeline.warehouse.etl import load_partition
 from heatmap_pipeline.warehouse.etl.python_path import load_partition_python
 from heatmap_pipeline.warehouse.etl.sql_path import load_partition_sql
 from heatmap_pipeline.warehouse.heatmaps import compute_heatmap
+from heatmap_pipeline.warehouse.source import OLD_SYSTEM_PAYLOAD_TYPES, old_system_source_ddl
 from heatmap_pipeline_tests.support import event, write_source_events
 
 DAY = dt.date(2025, 11, 16)
@@ -231,19 +233,15 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_sql_path_equals_python_path(db_url, variant):
-    pg_type, sqlite_type, unique_id = VARIANTS[variant]
-    engine = get_engine(db_url)
-    sqlite = engine.dialect.name == "sqlite"
-    create_source(db_url, sqlite_type if sqlite else pg_type, unique_id)
-    rows = insert_storable(db_url, source_day(with_duplicates=not unique_id, sqlite=sqlite))
+def load_both_ways(url: str):
+    """The Python path, then the SQL path, on the same day of one database: (sql result, python
+    result, their tables), after asserting the tables are identical."""
+    engine = get_engine(url)
     ensure_warehouse_schema(engine)
-
     python = load_partition_python(engine, engine, DAY, RULES, NOW, chunk_size=7)
-    python_tables = snapshot(db_url)
+    python_tables = snapshot(url)
     sql = load_partition_sql(engine, DAY, RULES, NOW, chunk_size=7)
-    sql_tables = snapshot(db_url)
+    sql_tables = snapshot(url)
 
     assert sql.method.startswith("sql") and python.method.startswith("python")
     assert sql_tables[0] == python_tables[0]  # game_events, every column
@@ -252,6 +250,21 @@ def test_sql_path_equals_python_path(db_url, variant):
     assert (sql.extracted, sql.clean, sql.quarantined, sql.reasons) == (
         python.extracted, python.clean, python.quarantined, python.reasons,
     )
+    assert sql.extracted - sql.residue >= 15  # most clean rows never left the database
+    zeros = [v for r in sql_tables[0] for v in r[9:13] if v == 0]
+    assert zeros and all(math.copysign(1.0, v) == 1.0 for v in zeros)  # no -0.0 stored
+    return sql, python, sql_tables
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_sql_path_equals_python_path(db_url, variant):
+    pg_type, sqlite_type, unique_id = VARIANTS[variant]
+    engine = get_engine(db_url)
+    sqlite = engine.dialect.name == "sqlite"
+    create_source(db_url, sqlite_type if sqlite else pg_type, unique_id)
+    rows = insert_storable(db_url, source_day(with_duplicates=not unique_id, sqlite=sqlite))
+    sql, _python, sql_tables = load_both_ways(db_url)
+
     assert sql.extracted == sql.clean + sql.quarantined == len(rows) - 2  # two rows on other days
     # the day really exercised the rules: every reason the source type can hold, and SQL did most
     expected = set(REASONS) - {"timestamp_outside_partition", "unparseable_timestamp"} - (
@@ -262,12 +275,48 @@ def test_sql_path_equals_python_path(db_url, variant):
     if sqlite:
         expected |= {"timestamp_outside_partition", "unparseable_timestamp"}
     assert expected <= set(sql.reasons), expected - set(sql.reasons)
-    assert sql.extracted - sql.residue >= 15  # most clean rows never left the database
     # levels are normalized the same way in both paths
     by_id = {r[1]: r for r in sql_tables[0]}
     assert by_id["1001"][8] == "2" and by_id["1003"][8] == "2" and by_id["1004"][8] == "1"
-    zeros = [v for r in sql_tables[0] for v in r[9:13] if v == 0]
-    assert zeros and all(math.copysign(1.0, v) == 1.0 for v in zeros)  # no -0.0 stored
+
+
+def as_real_schema(rows: list[dict]) -> tuple[list[dict], set[uuid.UUID], set[uuid.UUID]]:
+    """The rows with uuid ids, users and sessions, as the old system stores them; and the user and
+    session ids its foreign keys need. Integer ids keep their order as uuids."""
+    converted, users, sessions = [], set(), set()
+    for row in rows:
+        row = dict(row)
+        if row["id"] is not None:
+            row["id"] = uuid.UUID(int=row["id"])
+        for key, seen in (("user_id", users), ("session_id", sessions)):
+            if row[key] is not None:
+                row[key] = uuid.uuid5(uuid.NAMESPACE_URL, f"{key}/{row[key]}")
+                seen.add(row[key])
+        converted.append(row)
+    return converted, users, sessions
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("payload_type", OLD_SYSTEM_PAYLOAD_TYPES)
+def test_sql_path_equals_python_path_on_the_old_systems_real_schema(postgres_url, payload_type):
+    """uuid id/user_id/session_id, timestamptz, a json (or jsonb, text) payload, NOT NULLs and
+    foreign keys: the SQL path takes it (no fallback) and stores exactly the Python path's rows."""
+    engine = get_engine(postgres_url)
+    rows, users, sessions = as_real_schema(source_day(with_duplicates=False, sqlite=False))
+    with engine.begin() as conn:
+        for statement in old_system_source_ddl(payload_type):
+            conn.execute(sa.text(statement))
+        conn.execute(sa.text("INSERT INTO users (id) VALUES (:id)"), [{"id": u} for u in users])
+        conn.execute(sa.text("INSERT INTO sessions (id) VALUES (:id)"), [{"id": s} for s in sessions])
+    stored = insert_storable(postgres_url, rows)
+    sql, _python, sql_tables = load_both_ways(postgres_url)
+
+    assert sql.extracted == sql.clean + sql.quarantined == len(stored) - 2  # two rows on other days
+    by_id = {r[1]: r for r in sql_tables[0]}
+    first = str(uuid.UUID(int=1001))
+    assert by_id[first][8] == "2" and by_id[first][2] == str(uuid.uuid5(uuid.NAMESPACE_URL, "user_id/u1"))
+    # the dispatcher keeps the fast path too (it used to fall back to Python for uuid columns)
+    assert load_partition(engine, engine, DAY, RULES, NOW).method.startswith("sql")
 
 
 def test_rerunning_the_sql_path_gives_identical_tables(db_url):

@@ -380,7 +380,7 @@ def test_a_heatmap_failing_its_consistency_rule_is_never_written(db_url, monkeyp
         assert not result.success
         message = failure_text(result)
         assert f"heatmap of level {level} on 2025-11-16 not written, it fails its consistency rule" in message
-        assert "matrix sum 0 != 2 in-bounds position events" in message and "stored row is unchanged" in message
+        assert "matrix sum 0 + 0 out of bounds != 2 position events the ETL recorded" in message and "stored row is unchanged" in message
         assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]  # wrong, not busy
     with get_engine(db_url).connect() as conn:
         after = [tuple(r) for r in conn.execute(sa.select(heatmaps))]

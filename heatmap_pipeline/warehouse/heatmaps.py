@@ -96,7 +96,7 @@ PG_BUCKETS_SQL = text_sql(
 )
 
 
-def _position_stats(conn: sa.Connection, day: dt.date, level: str) -> tuple[int, float, float, float, float] | None:
+def recorded_position_stats(conn: sa.Connection, day: dt.date, level: str) -> tuple[int, float, float, float, float] | None:
     """(positions, x_min, x_max, y_min, y_max) of the day's level: the ETL's record, else a scan."""
     recorded = conn.execute(
         sa.select(*(c for c in position_stats.c if not c.primary_key)).where(  # positions, x_min, ..., y_max
@@ -199,7 +199,7 @@ def compute_heatmap(
         if postgres:  # the stats and the binning read one snapshot
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         conn.begin()
-        stats = _position_stats(conn, day, level)
+        stats = recorded_position_stats(conn, day, level)
         points = int(stats[0]) if stats else 0
         if fixed_bounds is not None:
             bounds, source = fixed_bounds, "fixed"

@@ -18,7 +18,7 @@ from heatmap_pipeline.core.binning import GridBounds, auto_bounds
 from heatmap_pipeline.warehouse.tables import game_events, heatmaps, session_stats
 from heatmap_pipeline.warehouse.source import created_at_value, day_filter, source_events_table
 from heatmap_pipeline.warehouse.etl.writing import partition_counts
-from heatmap_pipeline.warehouse.heatmaps import positions_of, scan_position_range
+from heatmap_pipeline.warehouse.heatmaps import recorded_position_stats
 
 ERROR, WARN = "ERROR", "WARN"
 
@@ -149,23 +149,6 @@ def game_events_unique_ids(warehouse: sa.Engine, day: dt.date) -> Invariant:
     return Invariant(True, f"{day}: every event id is stored once", metadata)
 
 
-def _positions_inside(conn: sa.Connection, day: dt.date, level: str, bounds: GridBounds | None) -> int:
-    """Position events of the level and day inside ``bounds``, edges included."""
-    if bounds is None:
-        return 0
-    x, y = game_events.c.x, game_events.c.y
-    inside = conn.execute(
-        sa.select(sa.func.count()).where(
-            positions_of(day, level),
-            x >= bounds.x_min,
-            x <= bounds.x_max,
-            y >= bounds.y_min,
-            y <= bounds.y_max,
-        )
-    ).scalar_one()
-    return int(inside)
-
-
 def _matrix(value) -> list:
     return json.loads(value) if isinstance(value, str) else value
 
@@ -182,7 +165,14 @@ def heatmap_consistent(
 
     ERROR when: no row; matrix not grid_size x grid_size or grid_size column different; a
     negative or non-finite cell; bounds other than HEATMAP_BOUNDS (fixed) or the day's own
-    min/max (auto); matrix sum != in-bounds position events of the level and day.
+    min/max (auto); matrix sum + stored out-of-bounds != the level's position events of the day;
+    out-of-bounds points under automatic bounds (the day's own range holds every point).
+
+    The position events and their range are the ones the ETL recorded in ``position_stats`` in
+    the transaction that wrote the day (the same numbers the heatmap took its automatic bounds
+    from), not a rescan of the day: the heatmap bins the rows themselves, so a matrix that lost or
+    invented points still disagrees with the ETL's count. A day loaded without position_stats is
+    scanned. Rows written into game_events behind the ETL's back are not seen.
     ``upstream_written_at`` (naive UTC): when game_events of the day was last written. If that is
     after the heatmap's updated_at, a count mismatch means "stale, the next run refreshes it"
     (WARN), not wrong.
@@ -194,7 +184,8 @@ def heatmap_consistent(
             .first()
         )
         if row is None:
-            total = scan_position_range(conn, day, level)[0]
+            stats = recorded_position_stats(conn, day, level)
+            total = int(stats[0]) if stats else 0
             return Invariant(
                 False, f"level {level} {day}: no row in heatmaps ({total} position events)", {"position_events": total}
             )
@@ -215,26 +206,32 @@ def heatmap_consistent(
         )
     return Invariant(
         True,
-        f"level {level} {day}: sum {metadata['matrix_sum']:g} = in-bounds position events; bounds and grid as configured",
+        f"level {level} {day}: sum {metadata['matrix_sum']:g} + {metadata['stored_out_of_bounds']} out of bounds = "
+        f"{metadata['position_events']} position events the ETL recorded; bounds and grid as configured",
         metadata,
     )
 
 
 def _count_problem(metadata: dict) -> str:
-    return f"matrix sum {metadata['matrix_sum']:g} != {metadata['in_bounds_position_events']} in-bounds position events"
+    return (
+        f"matrix sum {metadata['matrix_sum']:g} + {metadata['stored_out_of_bounds']} out of bounds != "
+        f"{metadata['position_events']} position events the ETL recorded"
+    )
 
 
 def heatmap_row_verdict(
     conn: sa.Connection, row, day: dt.date, level: str, grid_size: int, fixed_bounds: GridBounds | None
 ) -> tuple[list[str], bool, dict]:
     """The consistency rule of one ``heatmaps`` row (stored, or about to be written: a mapping of
-    its columns) against ``game_events`` read on ``conn``: (its problems other than the count,
-    whether the matrix sum equals the in-bounds position events, metadata)."""
-    total, *position_range = scan_position_range(conn, day, level)
+    its columns) against the day's recorded position stats read on ``conn`` (see
+    :func:`heatmap_consistent`): (its problems other than the count, whether matrix sum +
+    out-of-bounds equals the position events, metadata)."""
+    stats = recorded_position_stats(conn, day, level)
+    total, position_range = (int(stats[0]), stats[1:]) if stats else (0, None)
     stored_bounds = None
     if row["x_min"] is not None:
         stored_bounds = GridBounds(row["x_min"], row["x_max"], row["y_min"], row["y_max"])
-    inside = _positions_inside(conn, day, level, stored_bounds)
+    out_of_bounds = int(row["out_of_bounds"] or 0)
     problems: list[str] = []
     matrix = _matrix(row["matrix"])
     shape_ok = (
@@ -254,6 +251,8 @@ def heatmap_row_verdict(
         expected, expected_source = fixed_bounds, "fixed"
     elif total:
         expected, expected_source = auto_bounds(*position_range), "auto"
+        if out_of_bounds:
+            problems.append(f"{out_of_bounds} point(s) out of bounds, but automatic bounds hold the whole day")
     else:
         expected, expected_source = None, "auto"
     if stored_bounds != expected or row["bounds_source"] != expected_source:
@@ -264,14 +263,13 @@ def heatmap_row_verdict(
     matrix_sum = float(sum(c for c in cells if isinstance(c, (int, float)) and math.isfinite(c)))
     metadata = {
         "matrix_sum": matrix_sum,
-        "in_bounds_position_events": inside,
         "position_events": total,
-        "stored_out_of_bounds": row["out_of_bounds"],
+        "stored_out_of_bounds": out_of_bounds,
         "stored_bounds": stored_bounds.as_list() if stored_bounds else None,
         "expected_bounds": expected.as_list() if expected else None,
         "grid_size": grid_size,
     }
-    return problems, matrix_sum == inside, metadata
+    return problems, matrix_sum + out_of_bounds == total, metadata
 
 
 def heatmap_row_check(day: dt.date, level: str, grid_size: int, fixed_bounds: GridBounds | None):

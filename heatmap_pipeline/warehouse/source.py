@@ -255,3 +255,35 @@ def arrivals_since(source: sa.Engine, since: dt.datetime, start: dt.date | None 
             continue  # (no start: a row owned by no day)
         arrivals.append(Arrivals(day_value, int(rows), newest_value))
     return sorted(arrivals, key=lambda a: a.day)
+
+
+# The old system's ``events`` table on PostgreSQL as its first migration creates it (the shape a
+# migrating team really has; ../shared/reference/old-system.md): uuid ids with foreign keys to
+# ``users`` and ``sessions``, timestamptz times, a ``json`` payload, and its six plain indexes -
+# none on created_at. We never create it in a real deployment; the tests and the benchmark build
+# their sources with it. ``payload_type``: json (the old system's), jsonb or text.
+OLD_SYSTEM_PAYLOAD_TYPES = ("json", "jsonb", "text")
+
+
+def old_system_source_ddl(payload_type: str = "json") -> list[str]:
+    if payload_type not in OLD_SYSTEM_PAYLOAD_TYPES:
+        raise ValueError(f"payload_type {payload_type!r}: use one of {', '.join(OLD_SYSTEM_PAYLOAD_TYPES)}")
+    return [
+        "CREATE TABLE users (id uuid PRIMARY KEY)",
+        "CREATE TABLE sessions (id uuid PRIMARY KEY)",
+        f"""CREATE TABLE events (
+            id uuid PRIMARY KEY,
+            user_id uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            session_id uuid REFERENCES sessions (id) ON DELETE CASCADE,
+            event_type varchar(100) NOT NULL,
+            event_name varchar(255) NOT NULL,
+            event_category varchar(100),
+            payload {payload_type} NOT NULL,
+            "timestamp" timestamptz NOT NULL DEFAULT now(),
+            created_at timestamptz NOT NULL DEFAULT now()
+        )""",
+        *(
+            f'CREATE INDEX ix_events_{name} ON events ("{name}")'
+            for name in ("id", "user_id", "session_id", "event_type", "event_category", "timestamp")
+        ),
+    ]

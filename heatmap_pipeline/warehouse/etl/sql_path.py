@@ -78,6 +78,9 @@ _RESIDUE_COLUMNS = EXTRACTED_COLUMNS
 _TEXT_COLUMNS = ("user_id", "session_id", "event_type", "event_name", "event_category")
 
 _PG_TEXTLIKE = {"text", "character varying"}
+# The old system's real schema keeps ids as uuid: their text (CAST AS TEXT) is str(uuid.UUID), the
+# value the Python path stores, and they sort the same in both paths (both ORDER BY the uuid itself).
+_PG_UUID = {"uuid"}
 _PG_INTS = {"smallint", "integer", "bigint"}
 _PG_TIMES = {"timestamp with time zone", "timestamp without time zone"}
 _PG_PAYLOADS = {"json", "jsonb", "text", "character varying"}
@@ -135,10 +138,10 @@ def _pg_source_columns(conn: sa.Connection) -> dict[str, str]:
 
 def _pg_check_types(types: dict[str, str]) -> None:
     problems = []
-    if types.get("id") not in _PG_INTS | _PG_TEXTLIKE:
+    if types.get("id") not in _PG_INTS | _PG_TEXTLIKE | _PG_UUID:
         problems.append(f"id is {types.get('id')}")
     for name in (c for c in _TEXT_COLUMNS if c != "event_type"):
-        if types.get(name) not in _PG_INTS | _PG_TEXTLIKE:
+        if types.get(name) not in _PG_INTS | _PG_TEXTLIKE | _PG_UUID:
             problems.append(f"{name} is {types.get(name)}")
     if types.get("event_type") not in _PG_TEXTLIKE:
         problems.append(f"event_type is {types.get('event_type')}")
