@@ -151,6 +151,11 @@ def test_unknown_request_id_is_404(api):
         (b'{"tasks":"etl"}', "/admin/run-jobs", 422, "tasks: must be a JSON array of strings"),
         (b"{" + b" " * 70000 + b"}", "/admin/run-jobs", 413, "at most 65536 bytes"),
         (b"{}", "/admin/run-jobs?wait=maybe", 422, "wait: 'maybe' is not a boolean"),
+        (b"{}", "/admin/run-jobs?wiat=false", 422, "wiat: is not a known query parameter; allowed: wait"),
+        # Over Python's 4300-digit limit for int(): was a 500 (ValueError while parsing the JSON)
+        (b'{"levels":[' + b"7" * 5000 + b"]}", "/admin/run-jobs", 422, "levels[0]: must be a string, got a JSON number"),
+        (b'{"date":' + b"7" * 5000 + b"}", "/admin/run-jobs", 422, "date: 7777777777"),
+        (b'{"tasks":["etl"],"x":-' + b"1" * 5000 + b"}", "/admin/run-jobs", 422, "x: is not a known field"),
     ],
 )
 def test_bad_input_gets_a_4xx_naming_the_field(api, settings, body, path, status, fragment):
@@ -169,6 +174,15 @@ def test_odd_inputs_never_produce_a_500(api):
     chunked = httpx.post(f"{api}/admin/run-jobs", content=iter([b"{", b" " * 40000, b" " * 40000, b"}"]),
                          headers={"x-api-key": KEY}, timeout=30)
     assert chunked.status_code == 413  # no Content-Length: counted while reading
+
+
+def test_request_headers_over_16_kb_are_refused_with_431_before_the_key_is_read(api, settings):
+    for headers in ({"x-api-key": "k" * 1_000_000}, {"x-padding": "p" * 17_000}):
+        response = post(api, b"{}", key=None, **headers)
+        assert response.status_code == 431, response.text
+        assert "at most 16384 bytes" in response.json()["detail"]
+    assert post(api, b"{}", path="/admin/run-jobs?wait=false", **{"x-padding": "p" * 15_000}).status_code == 202
+    assert len(rows(settings)) == 1
 
 
 def test_openapi_schema_documents_the_endpoint(api):

@@ -12,6 +12,7 @@ is allowed, and carries the HTTP status to answer (400 unreadable body, 413 too 
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
 import re
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from pydantic_core import PydanticCustomError
 Task = Literal["etl", "heatmap"]
 TASKS: tuple[str, ...] = get_args(Task)  # also the order they run in: ETL first, so heatmaps see its output
 MAX_BODY_BYTES = 64 * 1024
+# Longer JSON integers are kept as Decimal instead of int: Python refuses to convert strings of
+# over 4300 digits to int (ValueError, "Exceeds the limit"), and no field here takes a number anyway.
+_MAX_INT_DIGITS = 100
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 _DATE_RE = re.compile(DATE_PATTERN)
 _OURS = "trigger_body"  # error type of the rules below, whose messages are final
@@ -69,6 +73,16 @@ def _json_type(value) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
+def _json_int(digits: str) -> int | decimal.Decimal:
+    return int(digits) if len(digits) <= _MAX_INT_DIGITS else decimal.Decimal(digits)
+
+
+def _json_text(value: Any, limit: int = 40) -> str:
+    """A value as the client wrote it, shortened, for messages (a long integer is a Decimal here)."""
+    text = str(value) if isinstance(value, decimal.Decimal) else json.dumps(value)
+    return text[:limit]
+
+
 def _known_level(level: str, info: ValidationInfo) -> str:
     allowed = _rules(info).levels
     if level not in allowed:
@@ -83,7 +97,7 @@ def _distinct(items: list[str]) -> list[str]:
 def _date_shaped(value: Any, info: ValidationInfo) -> Any:
     # pydantic alone would also take timestamps and "2025-11-16T00:00:00"; the old API took YYYY-MM-DD only.
     if value is not None and not (isinstance(value, str) and _DATE_RE.match(value)):
-        raise _reject(f"{json.dumps(value)[:40]} is not a date; use YYYY-MM-DD, e.g. {_rules(info).today.isoformat()}")
+        raise _reject(f"{_json_text(value)} is not a date; use YYYY-MM-DD, e.g. {_rules(info).today.isoformat()}")
     return value
 
 
@@ -127,13 +141,22 @@ class RunJobsBody(BaseModel):
 FIELDS: tuple[str, ...] = tuple(RunJobsBody.model_fields)
 
 
-def body_schema(levels: tuple[str, ...], first_date: dt.date) -> dict:
-    """RunJobsBody's JSON schema with this deployment's levels and first partition filled in."""
+def partition_dates(first_date: dt.date, today: dt.date) -> list[str]:
+    """Every date the body may name, oldest first: the daily partitions from first_date to today."""
+    return [(first_date + dt.timedelta(days=offset)).isoformat() for offset in range((today - first_date).days + 1)]
+
+
+def body_schema(levels: tuple[str, ...], first_date: dt.date, today: dt.date) -> dict:
+    """RunJobsBody's JSON schema with this deployment's levels and dates filled in: exactly the
+    bodies :func:`parse_trigger_body` accepts on ``today`` (a shape pattern alone would also allow
+    days before PARTITION_START_DATE, after today, or like 2025-02-30, which are refused)."""
     schema = RunJobsBody.model_json_schema()
     level_list = next(option for option in schema["properties"]["levels"]["anyOf"] if option.get("type") == "array")
     level_list["items"]["enum"] = list(levels)
     date = schema["properties"]["date"]
     date["description"] = date["description"].replace("PARTITION_START_DATE", f"PARTITION_START_DATE ({first_date})")
+    date_string = next(option for option in date["anyOf"] if option.get("type") == "string")
+    date_string["enum"] = partition_dates(first_date, today)
     return schema
 
 
@@ -186,7 +209,7 @@ def parse_trigger_body(
     data: object = {}
     if body.strip():
         try:
-            data = json.loads(body)
+            data = json.loads(body, parse_int=_json_int)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             detail = exc.msg if isinstance(exc, json.JSONDecodeError) else ("nested too deeply" if isinstance(exc, RecursionError) else "not UTF-8")
             raise InvalidTrigger(400, "body", f"is not valid JSON ({detail}); send an object like "

@@ -13,6 +13,7 @@ the client is closed.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import threading
 import time
@@ -30,6 +31,7 @@ from heatmap_pipeline.trigger.launcher import RequestDrivers
 from heatmap_pipeline.warehouse.db import get_engine, redact
 from heatmap_pipeline.warehouse.migrations import migrate_once
 from heatmap_pipeline.web.deps import client_host
+from heatmap_pipeline.web.limits import HeaderSizeLimit
 from heatmap_pipeline.web.routers import run_jobs
 
 log = logging.getLogger("heatmap_pipeline.admin")
@@ -87,10 +89,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(run_jobs.router)
     app.add_exception_handler(sa.exc.OperationalError, _database_down)
     app.middleware("http")(_access_log)
+    app.add_middleware(HeaderSizeLimit)  # added last, so it runs first: before the access log and the key check
 
     def openapi() -> dict:
-        if app.openapi_schema is None:
-            run_jobs.document_body(FastAPI.openapi(app), settings)  # FastAPI.openapi caches what it returns
+        # Rebuilt each day: the dates the body may name end today (UTC).
+        today = dt.datetime.now(dt.timezone.utc).date()
+        if app.openapi_schema is None or app.state.openapi_day != today:
+            app.openapi_schema, app.state.openapi_day = None, today
+            run_jobs.document_body(FastAPI.openapi(app), settings, today)  # FastAPI.openapi caches what it returns
         return app.openapi_schema
 
     app.openapi = openapi

@@ -71,24 +71,45 @@ def _http_error(exc: InvalidTrigger) -> HTTPException:
     return HTTPException(exc.status, str(exc))
 
 
+def _query_names(dependant) -> set[str]:
+    """The query parameters a route takes, its dependencies' included."""
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_names(dependency)
+    return names
+
+
+def known_query_only(request: Request) -> None:
+    """422 naming a query parameter the route does not take (a typo such as ?wiat=false would
+    otherwise be ignored silently)."""
+    known = _query_names(request.scope["route"].dependant)
+    for name in request.query_params:
+        if name not in known:
+            allowed = ", ".join(sorted(known)) or "none"
+            raise _http_error(InvalidTrigger(422, name[:40] or "query", f"is not a known query parameter; allowed: {allowed}"))
+
+
+# The values of ?wait=, case-insensitive; the OpenAPI pattern below says exactly the same.
+WAIT_VALUES = {"": True, "1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+WAIT_PATTERN = "^(" + "|".join("".join(f"[{c}{c.upper()}]" if c.isalpha() else c for c in value) for value in WAIT_VALUES) + ")$"
+
+
 def wait_for_runs(
-    wait: Annotated[str | None, Query(
+    wait: Annotated[str, Query(
         description="true (default): answer once the runs ended or ADMIN_WAIT_TIMEOUT_SECONDS passed (then 202); "
-                    "false: answer 202 at once and poll status_url. Also 1/0, yes/no, on/off.",
-        examples=["false"],
-    )] = None,
+                    "false: answer 202 at once and poll status_url. Also 1/0, yes/no, on/off, in any case.",
+        examples=["false"], json_schema_extra={"pattern": WAIT_PATTERN},
+    )] = "",
 ) -> bool:
-    if wait is None or wait.strip().lower() in ("", "1", "true", "yes", "on"):
-        return True
-    if wait.strip().lower() in ("0", "false", "no", "off"):
-        return False
+    if wait.isascii() and wait.lower() in WAIT_VALUES:
+        return WAIT_VALUES[wait.lower()]
     raise _http_error(InvalidTrigger(422, "wait", f"{wait[:20]!r} is not a boolean; use wait=true (default) or wait=false"))
 
 
 async def _read_body(request: Request) -> bytes:
     """The body, refused as soon as it is over MAX_BODY_BYTES: by its Content-Length, or while reading it."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if declared.isascii() and declared.isdigit() and (len(declared) > 9 or int(declared) > MAX_BODY_BYTES):
         raise InvalidTrigger(413, "body", f"is {declared} bytes; at most {MAX_BODY_BYTES} bytes (64 KB) are accepted")
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -29,6 +29,7 @@ from heatmap_pipeline.web.auth import (
     key_for_session_token,
     session_token,
 )
+from heatmap_pipeline.web.limits import HeaderSizeLimit
 
 log = logging.getLogger("heatmap_pipeline.webserver")
 AUTHENTICATED = "heatmap_pipeline.authenticated"  # set in the ASGI scope for the read-only decision
@@ -145,4 +146,4 @@ def serve_webserver(
         mode = "read-only without a key" if anonymous_read_only else "closed without a key"
         print(f"heatmap-pipeline: Dagster UI on http://{host}:{port} (API key or Basic auth required; {mode})", flush=True)
         # No uvicorn access log: a key sent by mistake in a query string must not reach the logs.
-        uvicorn.run(ApiKeyMiddleware(app, keys, anonymous_read_only), host=host, port=port, log_level=log_level, access_log=False)
+        uvicorn.run(HeaderSizeLimit(ApiKeyMiddleware(app, keys, anonymous_read_only)), host=host, port=port, log_level=log_level, access_log=False)

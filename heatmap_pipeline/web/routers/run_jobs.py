@@ -6,6 +6,7 @@ of the router): a request without it is answered before its query or body is rea
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Annotated
 
@@ -19,7 +20,8 @@ from heatmap_pipeline.trigger.plan import stage_runs
 from heatmap_pipeline.trigger.results import RunJobsResponse, request_answer
 from heatmap_pipeline.trigger.validation import TriggerSpec, body_schema
 from heatmap_pipeline.web.deps import (
-    DagsterDep, DriversDep, SettingsDep, WarehouseDep, client_host, require_api_key, trigger_spec, wait_for_runs,
+    DagsterDep, DriversDep, SettingsDep, WarehouseDep, client_host, known_query_only, require_api_key, trigger_spec,
+    wait_for_runs,
 )
 
 log = logging.getLogger("heatmap_pipeline.admin")
@@ -32,21 +34,22 @@ class ErrorDetail(BaseModel):
 router = APIRouter(
     prefix="/admin/run-jobs",
     tags=["run-jobs"],
-    dependencies=[Depends(require_api_key)],
+    dependencies=[Depends(require_api_key), Depends(known_query_only)],
     responses={
         401: {"model": ErrorDetail, "description": "Missing or wrong x-api-key"},
+        431: {"model": ErrorDetail, "description": "Request headers over 16 KB in total"},
         503: {"model": ErrorDetail, "description": "No ADMIN_API_KEY configured, or the warehouse database is down"},
     },
 )
 _NOT_FINISHED = {202: {"model": RunJobsResponse, "description": "Accepted: runs launched or pending, not finished yet"}}
 
 
-def document_body(openapi: dict, settings: Settings) -> None:
+def document_body(openapi: dict, settings: Settings, today: dt.date) -> None:
     """Add the POST body to the OpenAPI schema: :func:`trigger_spec` reads it, not FastAPI, so
-    FastAPI cannot know it. RunJobsBody's own schema, with this deployment's levels."""
+    FastAPI cannot know it. RunJobsBody's own schema, with this deployment's levels and dates."""
     openapi["paths"][router.prefix]["post"]["requestBody"] = {
         "required": False,
-        "content": {"application/json": {"schema": body_schema(settings.heatmap_levels, settings.partition_start_date)}},
+        "content": {"application/json": {"schema": body_schema(settings.heatmap_levels, settings.partition_start_date, today)}},
     }
 
 
