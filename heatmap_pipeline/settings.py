@@ -268,6 +268,41 @@ class Settings(BaseSettings):
         description="GET /readyz fails when a Dagster daemon's last heartbeat is older than this.",
     )
 
+    # --- the read API and the /heatmaps page (web/routers/heatmaps.py) ---
+    heatmap_reads_public: bool = Field(
+        False, alias="HEATMAP_READS_PUBLIC",
+        description="true: the heatmap reads (GET /api/v1/heatmap, /api/v1/heatmaps..., /heatmaps) need no key; any Authorization header is ignored.",
+    )
+    cors_allowed_origins: Names = Field(
+        (), alias="CORS_ALLOWED_ORIGINS",
+        description="Comma-separated origins (scheme://host[:port], or `*` for any) whose browser pages may call the admin server's GET endpoints.",
+        json_schema_extra=_derived("(none: same origin only)"),
+    )
+    heatmap_max_range_days: int = Field(
+        92, alias="HEATMAP_MAX_RANGE_DAYS", ge=1, le=3660,
+        description="Longest from/to range, in days, the read API sums.",
+    )
+
+    @field_validator("cors_allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, raw: Any, info: ValidationInfo) -> Any:
+        if not isinstance(raw, str):
+            return raw
+        name, origins = _alias(info), tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+        for origin in origins:
+            parts = urlsplit(origin)
+            try:
+                parts.port  # noqa: B018 - raises ValueError on a bad port
+                valid = origin == "*" or (parts.scheme in ("http", "https") and bool(parts.hostname)
+                                          and not parts.path and not parts.query and not parts.fragment
+                                          and not parts.username and not parts.password)
+            except ValueError:
+                valid = False
+            if not valid:
+                raise SettingsError(f"{name}: {origin!r} is not an origin; use scheme://host[:port] without a path, "
+                                    "e.g. http://localhost:5173, or * for any origin.")
+        return origins
+
     @field_validator("run_failure_webhook_url", mode="before")
     @classmethod
     def _webhook_url(cls, raw: Any, info: ValidationInfo) -> Any:

@@ -20,6 +20,7 @@ import time
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -32,7 +33,7 @@ from heatmap_pipeline.warehouse.db import get_engine, redact
 from heatmap_pipeline.warehouse.migrations import migrate_once
 from heatmap_pipeline.web.deps import client_host
 from heatmap_pipeline.web.limits import HeaderSizeLimit
-from heatmap_pipeline.web.routers import run_jobs
+from heatmap_pipeline.web.routers import heatmaps, run_jobs
 
 log = logging.getLogger("heatmap_pipeline.admin")
 DRIVER_JOIN_SECONDS = 30  # per background driver, at shutdown
@@ -87,8 +88,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.shutting_down = threading.Event()
     app.include_router(build_metrics_router(settings, app.state.engine))  # /metrics, /healthz, /readyz
     app.include_router(run_jobs.router)
+    app.include_router(heatmaps.router)  # /api/v1/heatmap (the old reader), /api/v1/heatmaps..., /heatmaps
     app.add_exception_handler(sa.exc.OperationalError, _database_down)
     app.middleware("http")(_access_log)
+    if settings.cors_allowed_origins:
+        # Browser pages of these origins (the old dashboard) may GET; preflights of others are refused (400).
+        # No credentials mode: the old dashboard sends its own Authorization header, not cookies.
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_allowed_origins), allow_methods=["GET"],
+                           allow_headers=["authorization", API_KEY_HEADER], max_age=600)
     app.add_middleware(HeaderSizeLimit)  # added last, so it runs first: before the access log and the key check
 
     def openapi() -> dict:

@@ -1,0 +1,85 @@
+"""Read-time arithmetic on stored heatmap matrices: sums over days, normalisation, smoothing, differences.
+
+Pure functions of numbers (no Dagster, no database): the read API (web/routers/heatmaps.py) reads
+the stored daily matrices and calls these. Matrices are rows = y bins (row 0 = lowest y), columns =
+x bins, as in ``heatmap_kinds``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+NORMALISATIONS = ("none", "share", "per_session")
+MAX_SMOOTH_SIGMA = 50.0  # cells; a wider kernel only blurs the whole map into one colour
+
+
+@dataclass(frozen=True)
+class Binning:
+    """How a day was binned: two days can be summed cell by cell only when these are equal."""
+
+    grid_x: int
+    grid_y: int
+    bounds: tuple[float, float, float, float] | None  # x_min, x_max, y_min, y_max; None: not recorded
+
+    def describe(self) -> str:
+        bounds = "no recorded bounds" if self.bounds is None else "bounds [{:g}, {:g}, {:g}, {:g}]".format(*self.bounds)
+        return f"grid {self.grid_x}x{self.grid_y}, {bounds}"
+
+
+class BinningMismatch(ValueError):
+    """The days to combine were binned differently; ``groups`` maps each binning to its days."""
+
+    def __init__(self, groups: dict[Binning, list]):
+        self.groups = groups
+        parts = [f"{', '.join(str(d) for d in days)} ({binning.describe()})" for binning, days in groups.items()]
+        super().__init__("days binned differently cannot be summed cell by cell: " + "; ".join(parts))
+
+
+def common_binning(days: Sequence[tuple[object, Binning]]) -> Binning:
+    """The one binning of every (day, binning); BinningMismatch naming the groups of days otherwise."""
+    groups: dict[Binning, list] = {}
+    for day, binning in days:
+        groups.setdefault(binning, []).append(day)
+    if len(groups) != 1:
+        raise BinningMismatch(groups)
+    return next(iter(groups))
+
+
+def sum_matrices(matrices: Iterable, shape: tuple[int, int]) -> np.ndarray:
+    """Cell-by-cell sum of matrices of one ``shape`` (rows, columns); zeros for none."""
+    total = np.zeros(shape, dtype=np.float64)
+    for matrix in matrices:
+        array = np.asarray(matrix, dtype=np.float64)
+        if array.size == 0 and total.size == 0:
+            continue  # an empty grid (an old row of []) adds nothing, whatever nesting it was stored with
+        if array.shape != shape:
+            raise ValueError(f"matrix of shape {array.shape} where {shape} was expected")
+        total += array
+    return total
+
+
+def normalise(matrix: np.ndarray, how: str, *, total: float, sessions: int | None) -> np.ndarray:
+    """``none``: counts; ``share``: each cell's share of ``total`` (sums to 1); ``per_session``:
+    counts divided by ``sessions``. A zero denominator leaves zeros (nothing happened), never NaN."""
+    if how == "none":
+        return matrix
+    if how == "share":
+        return matrix / total if total else np.zeros_like(matrix)
+    if how == "per_session":
+        if sessions is None:
+            raise ValueError("per_session needs the sessions count")
+        return matrix / sessions if sessions else np.zeros_like(matrix)
+    raise ValueError(f"unknown normalisation {how!r}; use one of {', '.join(NORMALISATIONS)}")
+
+
+def smooth(matrix: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing with ``sigma`` in cells (0: unchanged). Edges reflect, so the sum is kept."""
+    if not 0 <= sigma <= MAX_SMOOTH_SIGMA:
+        raise ValueError(f"sigma {sigma!r} outside 0..{MAX_SMOOTH_SIGMA:g}")
+    if sigma == 0 or matrix.size == 0:
+        return matrix
+    return gaussian_filter(matrix.astype(np.float64), sigma=sigma, mode="reflect")

@@ -1,0 +1,388 @@
+"""The heatmap read API, on the admin server.
+
+* ``GET /api/v1/heatmap?level=&date=``: the old reader's contract, unchanged (``level``, ``date``,
+  ``matrix`` first, the same 400 and 404 bodies), with extra fields after them; ``from``/``to``
+  instead of ``date`` sums a range of days; read-time options (normalisation, smoothing, the
+  difference with a second range ``compare_from``/``compare_to``).
+* ``GET /api/v1/heatmaps``: what exists (no matrices).
+
+Every route needs a key (x-api-key, Basic auth or the UI cookie), unless HEATMAP_READS_PUBLIC=true.
+Sums are over the stored daily matrices (warehouse/heatmap_reads.py), never the events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from heatmap_pipeline.core.combine import (
+    MAX_SMOOTH_SIGMA,
+    Binning,
+    BinningMismatch,
+    common_binning,
+    normalise,
+    smooth,
+    sum_matrices,
+)
+from heatmap_pipeline.settings import Settings
+from heatmap_pipeline.warehouse.heatmap_reads import POSITIONS, StoredHeatmap, read_heatmaps
+from heatmap_pipeline.web.auth import UNAUTHORIZED, authenticated_key
+from heatmap_pipeline.web.deps import SettingsDep, WarehouseDep, client_host
+
+log = logging.getLogger("heatmap_pipeline.admin")
+
+# The old reader's messages, byte for byte.
+INVALID_DATE = "Invalid date format. Use YYYY-MM-DD"
+NOT_FOUND = "Heatmap not found for specified level/date"
+READS_LOCKED = (
+    "Heatmap reads are locked: no API key is configured. Set ADMIN_API_KEY (log in with any user name and a key "
+    "as password, or send it as x-api-key), or HEATMAP_READS_PUBLIC=true to make the reads public."
+)
+READ_REALM = 'Basic realm="heatmap_pipeline heatmaps (password: an ADMIN_API_KEY key)", charset="UTF-8"'
+MAX_LEVEL_CHARS = 64  # heatmap_kinds.level
+# Printable text: PostgreSQL text cannot hold NUL, and no level name has control characters.
+LEVEL_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+MAX_LIST_ROWS = 10000
+UNITS = {"none": "events", "share": "share of events", "per_session": "events per session"}
+
+
+class ErrorDetail(BaseModel):
+    detail: str
+
+
+def require_read_access(request: Request, settings: SettingsDep) -> None:
+    """Public reads: nobody is asked anything, whatever Authorization header comes along (the old
+    dashboard sends its own JWT). Otherwise a configured key, as x-api-key, Basic password or UI cookie."""
+    if settings.heatmap_reads_public:
+        return
+    if not settings.admin_api_keys:
+        raise HTTPException(503, READS_LOCKED)
+    if authenticated_key(request.headers, settings.admin_api_keys, request.cookies) is None:
+        log.warning(f"read API: refused {request.method} {request.url.path} from {client_host(request)}: no valid key")
+        raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": READ_REALM})
+
+
+router = APIRouter(
+    tags=["heatmaps"],
+    dependencies=[Depends(require_read_access)],
+    responses={
+        401: {"model": ErrorDetail, "description": "No valid key (x-api-key, Basic password or UI cookie); "
+                                                     "not asked when HEATMAP_READS_PUBLIC=true"},
+        503: {"model": ErrorDetail, "description": "Reads need a key and no ADMIN_API_KEY is configured, "
+                                                     "or the warehouse database is down"},
+    },
+)
+
+
+# --- parameters ------------------------------------------------------------------------------------
+
+def parse_day(text: str, name: str) -> dt.date:
+    """A YYYY-MM-DD day, parsed as the old reader did (``strptime``); 400 naming ``name`` otherwise."""
+    try:
+        return dt.datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise HTTPException(400, INVALID_DATE if name == "date" else f"{INVALID_DATE} (parameter '{name}': {text[:40]!r})") from None
+
+
+@dataclass(frozen=True)
+class DayRange:
+    first: dt.date
+    last: dt.date
+
+    @property
+    def days(self) -> int:
+        return (self.last - self.first).days + 1
+
+    def __str__(self) -> str:
+        return self.first.isoformat() if self.first == self.last else f"{self.first}..{self.last}"
+
+
+def day_range(first_text: str, last_text: str, first_name: str, last_name: str, max_days: int) -> DayRange:
+    first, last = parse_day(first_text, first_name), parse_day(last_text, last_name)
+    if first > last:
+        raise HTTPException(422, f"{first_name} ({first}) is after {last_name} ({last}); give {first_name} <= {last_name}")
+    span = DayRange(first, last)
+    if span.days > max_days:
+        raise HTTPException(422, f"{first_name}..{last_name} spans {span.days} days; at most {max_days} "
+                                 "(HEATMAP_MAX_RANGE_DAYS)")
+    return span
+
+
+def level_param(description: str):
+    return Query(min_length=1, max_length=MAX_LEVEL_CHARS, pattern=LEVEL_PATTERN, description=description, examples=["1"])
+
+
+KindQuery = Annotated[str, Query(description="Heatmap kind: positions (default, the old matrix), deaths, jumps, or a kind "
+                                             "of the levels file (HEATMAP_LEVELS_FILE).", examples=["deaths"])]
+NormaliseQuery = Annotated[Literal["none", "share", "per_session"], Query(
+    description="none: counts; share: each cell's share of the range's total (sums to 1); per_session: counts "
+                "divided by the sessions of the range (each day's distinct sessions, summed over its days).")]
+SmoothQuery = Annotated[float, Query(
+    ge=0, le=MAX_SMOOTH_SIGMA, allow_inf_nan=False,
+    description="Gaussian smoothing, sigma in cells (0: none); edges reflect, so the sum is kept.")]
+CompareFromQuery = Annotated[str | None, Query(
+    description="First day (YYYY-MM-DD) of a second range to subtract: the result is range minus compare range, "
+                "each normalised and smoothed first. Needs compare_to.", examples=["2025-11-03"])]
+CompareToQuery = Annotated[str | None, Query(description="Last day (YYYY-MM-DD) of the compare range, inclusive.",
+                                             examples=["2025-11-09"])]
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    kind: str
+    normalize: str
+    smooth: float
+    compare: DayRange | None
+
+
+def read_options(settings: SettingsDep, kind: KindQuery = POSITIONS, normalize: NormaliseQuery = "none",
+                 smooth: SmoothQuery = 0.0, compare_from: CompareFromQuery = None,
+                 compare_to: CompareToQuery = None) -> ReadOptions:
+    kinds = settings.heatmap_kinds
+    if kind not in kinds:
+        raise HTTPException(422, f"kind: {kind[:40]!r} is not a heatmap kind; allowed: {', '.join(kinds)}")
+    compare = None
+    if (compare_from is None) != (compare_to is None):
+        raise HTTPException(422, "compare_from and compare_to go together: give both (a range to subtract) or neither")
+    if compare_from is not None:
+        compare = day_range(compare_from, compare_to, "compare_from", "compare_to", settings.heatmap_max_range_days)
+    return ReadOptions(kind, normalize, smooth, compare)
+
+
+OptionsDep = Annotated[ReadOptions, Depends(read_options)]
+
+
+# --- reading and combining -------------------------------------------------------------------------
+
+@dataclass
+class RangeRead:
+    """A range's stored days, summed, normalised and smoothed."""
+
+    span: DayRange
+    days: list[StoredHeatmap]
+    matrix: np.ndarray
+    binning: Binning
+    missing: list[dt.date] = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        return float(sum(day.total for day in self.days))
+
+    @property
+    def sessions(self) -> int | None:
+        return None if any(day.sessions is None for day in self.days) else sum(day.sessions for day in self.days)
+
+    def summary(self) -> dict:
+        events = [day.events for day in self.days]
+        return {
+            "from": self.span.first.isoformat(), "to": self.span.last.isoformat(),
+            "days": [day.date.isoformat() for day in self.days], "missing_days": [d.isoformat() for d in self.missing],
+            "total": self.total, "out_of_bounds": sum(day.out_of_bounds for day in self.days),
+            "events": None if None in events else sum(events), "sessions": self.sessions,
+        }
+
+
+def _conflict(exc: BinningMismatch, what: str) -> HTTPException:
+    return HTTPException(409, f"{what}: {exc}. Give the level fixed bounds and grid (HEATMAP_LEVELS_FILE or "
+                              "HEATMAP_BOUNDS) and re-materialize level_heatmaps for these days, or pick days binned alike.")
+
+
+def read_range(engine, level: str, span: DayRange, options: ReadOptions, what: str) -> RangeRead:
+    days = read_heatmaps(engine, level=level, kind=options.kind, first=span.first, last=span.last)
+    if not days:
+        raise HTTPException(404, NOT_FOUND if span.days == 1 and what == "date"
+                            else f"No {options.kind} heatmap of level {level!r} in {what} {span}")
+    try:
+        binning = common_binning([(day.date, day.binning) for day in days])
+    except BinningMismatch as exc:
+        raise _conflict(exc, f"{what} {span}") from None
+    shape = (binning.grid_y, binning.grid_x)
+    try:
+        matrix = sum_matrices((day.matrix for day in days), shape)
+    except ValueError as exc:  # a stored matrix not of its recorded grid: the row is corrupt
+        raise HTTPException(409, f"{what} {span}: a stored matrix does not match its grid ({exc}); "
+                                 "re-materialize level_heatmaps for these days") from None
+    found = {day.date for day in days}
+    missing = [span.first + dt.timedelta(n) for n in range(span.days) if span.first + dt.timedelta(n) not in found]
+    result = RangeRead(span, days, matrix, binning, missing)
+    if options.normalize == "per_session" and result.sessions is None:
+        old = [day.date.isoformat() for day in days if day.sessions is None]
+        raise HTTPException(409, f"normalize=per_session: days {', '.join(old)} of {what} {span} have no sessions count "
+                                 "(read from the old heatmaps table); re-materialize level_heatmaps for them")
+    result.matrix = smooth(normalise(matrix, options.normalize, total=result.total, sessions=result.sessions),
+                           options.smooth)
+    return result
+
+
+@dataclass
+class HeatmapRead:
+    level: str
+    base: RangeRead
+    compare: RangeRead | None
+    options: ReadOptions
+
+    @property
+    def matrix(self) -> np.ndarray:
+        if self.compare is None:
+            return self.base.matrix
+        return self.base.matrix - self.compare.matrix
+
+    @property
+    def units(self) -> str:
+        units = UNITS[self.options.normalize]
+        return f"difference in {units}" if self.compare else units
+
+
+def read_heatmap(engine, level: str, span: DayRange, options: ReadOptions, what: str = "date") -> HeatmapRead:
+    base = read_range(engine, level, span, options, what)
+    compare = None
+    if options.compare is not None:
+        compare = read_range(engine, level, options.compare, options, "compare range")
+        if compare.binning != base.binning:
+            raise _conflict(BinningMismatch({base.binning: [str(span)], compare.binning: [str(options.compare)]}),
+                            "the range and the compare range")
+    return HeatmapRead(level, base, compare, options)
+
+
+def _bounds_json(bounds: tuple[float, float, float, float] | None) -> dict | None:
+    return None if bounds is None else dict(zip(("x_min", "x_max", "y_min", "y_max"), bounds))
+
+
+def _answer(read: HeatmapRead, date_text: str | None, as_stored: bool) -> dict:
+    """The old three fields first, in the old order, then ours. ``as_stored``: the matrix exactly as
+    the database returned it (one day, no option), so an old client gets the very bytes it got before."""
+    base, matrix = read.base, read.matrix
+    days = base.days
+    answer = {
+        "level": read.level,
+        "date": date_text,
+        "matrix": days[0].matrix if as_stored else matrix.tolist(),
+        "kind": read.options.kind,
+        "grid_x": base.binning.grid_x,
+        "grid_y": base.binning.grid_y,
+        "bounds": _bounds_json(base.binning.bounds),
+        "bounds_source": days[0].bounds_source if len({d.bounds_source for d in days}) == 1 else "mixed",
+        **base.summary(),
+        "normalize": read.options.normalize,
+        "smooth": read.options.smooth,
+        "units": read.units,
+        "value_min": float(matrix.min()) if matrix.size else 0.0,
+        "value_max": float(matrix.max()) if matrix.size else 0.0,
+        "compare": read.compare.summary() if read.compare else None,
+    }
+    return answer
+
+
+class HeatmapAnswer(BaseModel):
+    """What GET /api/v1/heatmap answers (documentation: the route writes its JSON itself, to keep the old bytes)."""
+
+    level: str
+    date: str | None
+    matrix: list[list[float]]
+    kind: str
+    grid_x: int
+    grid_y: int
+    bounds: dict[str, float] | None
+    bounds_source: str | None
+    total: float
+    out_of_bounds: int
+    events: int | None
+    sessions: int | None
+    days: list[str]
+    missing_days: list[str]
+    normalize: str
+    smooth: float
+    units: str
+    value_min: float
+    value_max: float
+    compare: dict | None
+
+    model_config = {"json_schema_extra": {"description": "level, date and matrix are the old reader's fields, first "
+                                                          "and unchanged; for a range, date is null and from/to are set."}}
+
+
+# --- routes ----------------------------------------------------------------------------------------
+
+@router.get(
+    "/api/v1/heatmap",
+    response_model=HeatmapAnswer,
+    responses={400: {"model": ErrorDetail, "description": f"A date that does not parse: {INVALID_DATE}"},
+               404: {"model": ErrorDetail, "description": f"No stored heatmap: {NOT_FOUND}"},
+               409: {"model": ErrorDetail, "description": "Days binned with different bounds or grids (named), "
+                                                          "or per_session over days without a sessions count"},
+               422: {"model": ErrorDetail, "description": "A bad parameter, named"}},
+    summary="A level's heatmap matrix for a day or a range of days (the old reader's contract)",
+)
+def get_heatmap(
+    engine: WarehouseDep,
+    settings: SettingsDep,
+    options: OptionsDep,
+    level: Annotated[str, level_param("Level name, as in HEATMAP_LEVELS / the levels file.")],
+    date: Annotated[str | None, Query(description="Day, YYYY-MM-DD (UTC). Or from and to for a range.",
+                                      examples=["2025-11-16"])] = None,
+    from_: Annotated[str | None, Query(alias="from", description="First day of a range (YYYY-MM-DD), with to; "
+                                       "the days' stored matrices are summed.", examples=["2025-11-10"])] = None,
+    to: Annotated[str | None, Query(description="Last day of the range, inclusive (at most HEATMAP_MAX_RANGE_DAYS).",
+                                    examples=["2025-11-16"])] = None,
+) -> JSONResponse:
+    if date is not None and (from_ is not None or to is not None):
+        raise HTTPException(422, "give either date, or from and to (a range), not both")
+    if date is not None:
+        day = parse_day(date, "date")
+        span, date_text = DayRange(day, day), day.isoformat()
+    elif from_ is not None and to is not None:
+        span, date_text = day_range(from_, to, "from", "to", settings.heatmap_max_range_days), None
+    elif from_ is not None or to is not None:
+        raise HTTPException(422, "from and to go together: give both for a range, or date for one day")
+    else:
+        raise HTTPException(422, "date is required (YYYY-MM-DD), or from and to for a range")
+    read = read_heatmap(engine, level, span, options, "date" if date is not None else "range")
+    as_stored = date is not None and options.compare is None and options.normalize == "none" and options.smooth == 0
+    return JSONResponse(_answer(read, date_text, as_stored))
+
+
+@router.get(
+    "/api/v1/heatmaps",
+    summary="List the stored heatmaps (no matrices)",
+    responses={400: {"model": ErrorDetail, "description": "A date that does not parse, named"},
+               422: {"model": ErrorDetail, "description": "A bad parameter, named"}},
+)
+def list_heatmaps(
+    engine: WarehouseDep,
+    settings: SettingsDep,
+    level: Annotated[str | None, Query(min_length=1, max_length=MAX_LEVEL_CHARS, pattern=LEVEL_PATTERN,
+                                       description="Only this level.")] = None,
+    kind: Annotated[str | None, Query(description="Only this kind.")] = None,
+    from_: Annotated[str | None, Query(alias="from", description="Only days on or after (YYYY-MM-DD).")] = None,
+    to: Annotated[str | None, Query(description="Only days on or before (YYYY-MM-DD).")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_ROWS, description="At most this many, the newest days kept.")] = 1000,
+) -> dict:
+    first = parse_day(from_, "from") if from_ is not None else None
+    last = parse_day(to, "to") if to is not None else None
+    if first and last and first > last:
+        raise HTTPException(422, f"from ({first}) is after to ({last}); give from <= to")
+    if kind is not None and kind not in settings.heatmap_kinds:
+        raise HTTPException(422, f"kind: {kind[:40]!r} is not a heatmap kind; allowed: {', '.join(settings.heatmap_kinds)}")
+    found = read_heatmaps(engine, level=level, kind=kind, first=first, last=last, with_matrix=False, limit=limit + 1)
+    truncated = len(found) > limit
+    found = found[-limit:]
+    return {
+        "heatmaps": [
+            {"level": h.level, "date": h.date.isoformat(), "kind": h.kind, "grid_x": h.grid_x, "grid_y": h.grid_y,
+             "bounds": _bounds_json(h.bounds), "bounds_source": h.bounds_source, "total": h.total,
+             "max_count": h.max_count, "nonempty_cells": h.nonempty_cells, "out_of_bounds": h.out_of_bounds,
+             "events": h.events, "sessions": h.sessions,
+             "updated_at": h.updated_at.isoformat() if h.updated_at else None,
+             "png": f"/api/v1/heatmaps/{h.level}/{h.date}.png?kind={h.kind}"}
+            for h in found
+        ],
+        "count": len(found),
+        "truncated": truncated,
+    }
