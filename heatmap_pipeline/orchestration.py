@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from dataclasses import dataclass
+from typing import Mapping
 
 import dagster as dg
 import sqlalchemy as sa
@@ -51,6 +52,14 @@ REQUEST_TAG = "heatmap_pipeline/admin_request"  # the admin_trigger_requests id
 REQUESTER_TAG = "heatmap_pipeline/requester"  # client address of the admin request
 LATE_ROWS_TAG = "heatmap_pipeline/late_rows"
 SOURCE_RUN_TAG = "heatmap_pipeline/after_run"
+# Set by etl_schedule and late_events_sensor: the run loads only what arrived since the day's last
+# load (warehouse/etl/incremental.py). Without it (backfill, UI, admin trigger) a run rebuilds the day.
+LOAD_MODE_TAG = "heatmap_pipeline/load_mode"
+INCREMENTAL = "incremental"
+
+
+def is_incremental_run(tags: Mapping[str, str]) -> bool:
+    return tags.get(LOAD_MODE_TAG) == INCREMENTAL
 # The header that carries an API key (ADMIN_API_KEY): the authenticated Dagster webserver and the
 # admin API read it, and the admin API's GraphQL client sends it to the webserver.
 API_KEY_HEADER = "x-api-key"

@@ -126,6 +126,10 @@ class Settings(BaseSettings):
         50000, alias="ETL_CHUNK_SIZE", ge=100, le=1_000_000,
         description="Rows per chunk when streaming events between databases.",
     )
+    etl_incremental_overlap_seconds: int = Field(
+        300, alias="ETL_INCREMENTAL_OVERLAP_SECONDS", ge=0, le=86400,
+        description="A scheduled ETL tick re-reads source rows this many seconds older than the day's watermark (rows committed after their created_at).",
+    )
     db_retry_max_retries: int = Field(
         3, alias="DB_RETRY_MAX_RETRIES", ge=0, le=10,
         description="Retries of an asset step after a transient database error.",

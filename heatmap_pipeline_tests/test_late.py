@@ -15,6 +15,7 @@ from heatmap_pipeline.defs.late_data import LATE_ROWS_TAG, read_cursor, run_days
 from heatmap_pipeline.defs.resources import SourceDatabase
 from heatmap_pipeline.warehouse.tables import game_events
 from heatmap_pipeline.defs.schedules import TRIGGER_TAG
+from heatmap_pipeline.orchestration import INCREMENTAL, LOAD_MODE_TAG
 from heatmap_pipeline.settings import load_settings
 from heatmap_pipeline.warehouse.source import arrivals_since
 from heatmap_pipeline_tests.support import (
@@ -76,6 +77,7 @@ def test_late_event_is_folded_into_its_day_and_the_heatmap_refreshed(db_url, mon
     [request] = result.run_requests
     assert request.partition_key == DAY.isoformat()
     assert request.tags[TRIGGER_TAG] == "late_events_sensor" and request.tags[LATE_ROWS_TAG] == "1"
+    assert request.tags[LOAD_MODE_TAG] == INCREMENTAL  # it loads what arrived, not the whole day
     assert DAY.isoformat() in request.run_key and arrived.isoformat() in request.run_key
     assert read_cursor(result.cursor) == arrived  # the cursor moves to the newest created_at seen
 

@@ -30,6 +30,8 @@ from heatmap_pipeline.defs.resources import SourceDatabase
 from heatmap_pipeline.orchestration import (
     ETL_JOB,
     GAME_EVENTS,
+    INCREMENTAL,
+    LOAD_MODE_TAG,
     LATE_ROWS_TAG,
     NOT_STARTED,
     SOURCE_RUN_TAG,
@@ -86,7 +88,7 @@ def build_late_events_sensor(settings: Settings, etl_job) -> dg.SensorDefinition
                 dg.RunRequest(
                     run_key=f"late_events:{day}:{arrived.newest_created_at.isoformat()}",
                     partition_key=day,
-                    tags={TRIGGER_TAG: "late_events_sensor", LATE_ROWS_TAG: str(arrived.rows)},
+                    tags={TRIGGER_TAG: "late_events_sensor", LATE_ROWS_TAG: str(arrived.rows), LOAD_MODE_TAG: INCREMENTAL},
                 )
             )
             notes.append(f"{day}: {arrived.rows} row(s) arrived up to {arrived.newest_created_at.isoformat()}")

@@ -14,7 +14,7 @@ import datetime as dt
 import dagster as dg
 
 from heatmap_pipeline.core.cron import interval_cron_schedules, is_first_tick_of_day
-from heatmap_pipeline.orchestration import ETL_JOB, HEATMAP_JOB, TRIGGER_TAG, partition_run
+from heatmap_pipeline.orchestration import ETL_JOB, HEATMAP_JOB, INCREMENTAL, LOAD_MODE_TAG, TRIGGER_TAG, partition_run
 from heatmap_pipeline.settings import Settings
 
 
@@ -33,7 +33,8 @@ def days_to_refresh(tick: dt.datetime, interval_minutes: int, first_day: dt.date
     return [day for day in days if day >= first_day]
 
 
-def _requests(context, job_name, keys: list[str], tick: dt.datetime, schedule_name: str):
+def _requests(context, job_name, keys: list[str], tick: dt.datetime, schedule_name: str, extra_tags=None):
+    extra_tags = extra_tags or {}
     requests, skipped = [], []
     for key in keys:
         if partition_run(context.instance, job_name, str(key)) is not None:
@@ -43,7 +44,7 @@ def _requests(context, job_name, keys: list[str], tick: dt.datetime, schedule_na
             dg.RunRequest(
                 run_key=f"{job_name}:{key}:{tick.isoformat()}",
                 partition_key=key,
-                tags={TRIGGER_TAG: schedule_name},
+                tags={TRIGGER_TAG: schedule_name, **extra_tags},
             )
         )
     if skipped:
@@ -66,7 +67,8 @@ def build_etl_schedule(settings: Settings, job) -> dg.ScheduleDefinition:
     def etl_schedule(context: dg.ScheduleEvaluationContext):
         tick = context.scheduled_execution_time
         keys = [day.isoformat() for day in days_to_refresh(tick, minutes, settings.partition_start_date)]
-        return _requests(context, ETL_JOB, keys, tick, "etl_schedule")
+        # a tick loads what arrived since the day's last load (warehouse/etl/incremental.py)
+        return _requests(context, ETL_JOB, keys, tick, "etl_schedule", {LOAD_MODE_TAG: INCREMENTAL})
 
     return etl_schedule
 

@@ -199,3 +199,33 @@ admin_trigger_requests = sa.Table(
     sa.Column("etl_reason", sa.Text, comment="why the ETL stage was put before a heatmap-only request's heatmaps"),
     sa.Index("ix_admin_trigger_requests_state", "state"),
 )
+
+# --- Incremental ETL (warehouse/etl/incremental.py) -----------------------------------------
+# Per day: how far its game_events are loaded. A scheduled tick reads only the source rows with
+# created_at after ``created_at_watermark`` minus ETL_INCREMENTAL_OVERLAP_SECONDS. Written by every
+# load of the day (full or incremental); a tick finding no row, another ``rules_fingerprint`` or
+# another count of rows without a usable created_at rebuilds the day in full.
+etl_watermarks = sa.Table(
+    "etl_watermarks",
+    metadata,
+    sa.Column("event_date", sa.Date, primary_key=True),
+    sa.Column("created_at_watermark", sa.DateTime(timezone=False), comment="newest source created_at loaded (UTC, not after the run's clock)"),
+    sa.Column("rows_without_arrival", sa.BigInteger, nullable=False, comment="source rows of the day with created_at NULL or before PARTITION_START_DATE"),
+    sa.Column("rules_fingerprint", sa.String(64), nullable=False, comment="the cleaning settings the day was loaded with"),
+    sa.Column("clean_rows", sa.BigInteger, nullable=False, comment="game_events rows of the day after the last load"),
+    sa.Column("quarantined_rows", sa.BigInteger, nullable=False, comment="quarantined_events rows of the day after the last load"),
+    sa.Column("load_mode", sa.String(16), nullable=False, comment="'full' or 'incremental': the last load"),
+    sa.Column("loaded_at", sa.DateTime(timezone=False), nullable=False),
+)
+
+# What session_stats has not folded in yet, written by the ETL in the transaction of its rows and
+# emptied by session_stats: (session, event id) of each added game_events row; (session, '') when
+# a session lost a row (recompute it); ('*', '') after a full load of the day (rebuild the day).
+session_stats_pending = sa.Table(
+    "session_stats_pending",
+    metadata,
+    sa.Column("event_date", sa.Date, nullable=False),
+    sa.Column("session_id", sa.String(128), nullable=False),
+    sa.Column("event_id", _bytewise(64), nullable=False),
+    sa.Index("ix_session_stats_pending_date", "event_date"),
+)

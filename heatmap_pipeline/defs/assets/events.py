@@ -23,12 +23,14 @@ from heatmap_pipeline.orchestration import (
     GAME_EVENTS,
     WAREHOUSE_POOL,
     db_retry_policy,
+    is_incremental_run,
     reports_database_errors,
     run_start_of_latest_materialization,
 )
 from heatmap_pipeline.settings import Settings
 from heatmap_pipeline.warehouse import invariants
 from heatmap_pipeline.warehouse.etl import load_partition
+from heatmap_pipeline.warehouse.etl.incremental import day_totals
 
 
 def cleaning_rules(settings: Settings, now: dt.datetime) -> CleaningRules:
@@ -66,39 +68,64 @@ def build_game_events_asset(settings: Settings, partitions: dg.PartitionsDefinit
     ) -> dg.MaterializeResult:
         now = utcnow()
         source.prepare(now, context.log)
+        # etl_schedule and late_events_sensor tag their runs: load what arrived since the day's last load
+        tick = is_incremental_run(context.run.tags)
+        overlap = dt.timedelta(seconds=settings.etl_incremental_overlap_seconds)
         totals = {"extracted": 0, "clean": 0, "quarantined": 0}
+        this_load = {"extracted": 0, "clean": 0, "quarantined": 0}
         reasons: dict[str, int] = {}
-        methods = set()
+        methods, modes, full_reasons, watermarks = set(), set(), [], {}
         positions: dict[str, int] = {}
         for day in partition_days(context):
             result = load_partition(
-                source.engine(), warehouse.engine(), day, cleaning_rules(settings, now), now, settings.etl_chunk_size
+                source.engine(), warehouse.engine(), day, cleaning_rules(settings, now), now, settings.etl_chunk_size,
+                incremental_tick=tick, overlap=overlap,
             )
             context.log.info(
-                f"game_events {day}: extracted={result.extracted} clean={result.clean} "
+                f"game_events {day} ({result.load_mode}): extracted={result.extracted} clean={result.clean} "
                 f"quarantined={result.quarantined} {result.reasons} via {result.method}"
+                + (f"; full load because {result.full_reason}" if result.full_reason else "")
             )
             if not result.reconciled:  # never publish a partition that lost rows
                 raise RuntimeError(f"{day}: extracted {result.extracted} != clean {result.clean} + quarantined {result.quarantined}")
+            for key in this_load:
+                this_load[key] += getattr(result, key)
+            if result.load_mode == "incremental":  # the day's totals, as a full load reports them
+                day_total = day_totals(warehouse.engine(), day)
+                day_counts = {"extracted": day_total.clean + day_total.quarantined, "clean": day_total.clean,
+                              "quarantined": day_total.quarantined}
+                day_reasons = day_total.reasons
+            else:
+                day_counts, day_reasons = {key: getattr(result, key) for key in totals}, result.reasons
             for key in totals:
-                totals[key] += getattr(result, key)
-            for reason, count in result.reasons.items():
+                totals[key] += day_counts[key]
+            for reason, count in day_reasons.items():
                 reasons[reason] = reasons.get(reason, 0) + count
             methods.add(result.method)
+            modes.add(result.load_mode)
+            if result.full_reason:
+                full_reasons.append(result.full_reason)
+            watermarks[day.isoformat()] = result.watermark.isoformat() if result.watermark else None
             for level, count in result.positions.items():
                 positions[level] = positions.get(level, 0) + count
-        return dg.MaterializeResult(
-            metadata={
-                "rows_extracted": dg.MetadataValue.int(totals["extracted"]),
-                "position_events_by_level": dg.MetadataValue.json(positions),
-                "dagster/row_count": dg.MetadataValue.int(totals["clean"]),
-                "rows_quarantined": dg.MetadataValue.int(totals["quarantined"]),
-                "quarantine_reasons": dg.MetadataValue.json(reasons),
-                "load_method": ",".join(sorted(methods)),
-                "source": source.display_url,
-                "demo_data": settings.demo_mode,
-            }
-        )
+        metadata = {
+            "rows_extracted": dg.MetadataValue.int(totals["extracted"]),
+            "position_events_by_level": dg.MetadataValue.json(positions),
+            "dagster/row_count": dg.MetadataValue.int(totals["clean"]),
+            "rows_quarantined": dg.MetadataValue.int(totals["quarantined"]),
+            "quarantine_reasons": dg.MetadataValue.json(reasons),
+            "load_method": ",".join(sorted(methods)),
+            "load_mode": ",".join(sorted(modes)),
+            "rows_extracted_this_load": dg.MetadataValue.int(this_load["extracted"]),
+            "rows_clean_this_load": dg.MetadataValue.int(this_load["clean"]),
+            "rows_quarantined_this_load": dg.MetadataValue.int(this_load["quarantined"]),
+            "created_at_watermark": dg.MetadataValue.json(watermarks),
+            "source": source.display_url,
+            "demo_data": settings.demo_mode,
+        }
+        if full_reasons:
+            metadata["full_load_reason"] = "; ".join(full_reasons)
+        return dg.MaterializeResult(metadata=metadata)
 
     return game_events
 

@@ -5,9 +5,9 @@ import dagster as dg
 from heatmap_pipeline.core.clock import utcnow
 from heatmap_pipeline.defs.assets.common import GROUP, daily_warehouse_check, partition_days
 from heatmap_pipeline.defs.resources import WarehouseDatabase
-from heatmap_pipeline.orchestration import WAREHOUSE_POOL, reports_database_errors
+from heatmap_pipeline.orchestration import WAREHOUSE_POOL, is_incremental_run, reports_database_errors
 from heatmap_pipeline.warehouse import invariants
-from heatmap_pipeline.warehouse.sessions import replace_session_partition
+from heatmap_pipeline.warehouse.sessions import replace_session_partition, update_session_partition
 
 
 def build_session_stats_asset(
@@ -29,9 +29,12 @@ def build_session_stats_asset(
     def session_stats(context: dg.AssetExecutionContext, warehouse: WarehouseDatabase) -> dg.MaterializeResult:
         now = utcnow()
         sessions = events = leaderboard = 0
+        # a scheduled tick folds in only what its ETL added (warehouse/sessions.py); other runs rebuild the day
+        tick = is_incremental_run(context.run.tags)
+        update = update_session_partition if tick else replace_session_partition
         for day in partition_days(context):
-            result = replace_session_partition(warehouse.engine(), day, now)
-            context.log.info(f"session_stats {day}: {result.sessions} sessions, {result.events} events")
+            result = update(warehouse.engine(), day, now)
+            context.log.info(f"session_stats {day}: {result.sessions} sessions, {result.events} events written")
             sessions += result.sessions
             events += result.events
             leaderboard += result.leaderboard_rows
@@ -40,6 +43,7 @@ def build_session_stats_asset(
                 "dagster/row_count": dg.MetadataValue.int(sessions),
                 "events_summed": dg.MetadataValue.int(events),
                 "leaderboard_rows_upserted": dg.MetadataValue.int(leaderboard),
+                "load_mode": "incremental" if tick else "full",
             }
         )
 

@@ -8,6 +8,9 @@
 * the Python path (``python_path.py``) otherwise.
 
 Both write through ``writing.py``: one transaction per day, under the day's advisory lock.
+A scheduled tick asks for ``incremental=True``: ``incremental.py`` then loads only the rows that
+arrived since the day's last load, or says why the day must be loaded in full. Every full load
+records the watermark the next tick starts from.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import sqlalchemy as sa
 
 from heatmap_pipeline.core.cleaning import CleaningRules
+from heatmap_pipeline.warehouse.etl import incremental
 from heatmap_pipeline.warehouse.etl.python_path import load_partition_python
 from heatmap_pipeline.warehouse.etl.sql_path import UnsupportedSource, load_partition_sql
 from heatmap_pipeline.warehouse.etl.writing import EtlResult
@@ -37,12 +41,35 @@ def load_partition(
     rules: CleaningRules,
     now: dt.datetime,
     chunk_size: int = 50_000,
+    *,
+    incremental_tick: bool = False,
+    overlap: dt.timedelta = incremental.DEFAULT_OVERLAP,
 ) -> EtlResult:
-    """Replace the ``game_events`` partition of ``day``; the one entry point the asset calls.
+    """Load the ``game_events`` partition of ``day``; the one entry point the asset calls.
 
-    Same database: the SQL path (falls back to Python when the source's column types are ones
-    it does not handle). Two databases: the streaming Python path with bulk loads.
+    ``incremental_tick``: only the rows that arrived since the day's last load, when that is
+    possible (``incremental.py``); otherwise, and by default, the whole day is replaced.
     """
+    full_reason = ""
+    if incremental_tick:
+        try:
+            return incremental.load_increment(source, warehouse, day, rules, now, overlap)
+        except incremental.NeedsFullLoad as exc:
+            full_reason = str(exc)
+            log.info("game_events %s: loading the day in full: %s", day, exc)
+    mark = incremental.before_full_load(source, warehouse, day, rules, now)
+    result = _load_full(source, warehouse, day, rules, now, chunk_size)
+    incremental.after_full_load(warehouse, day, rules, mark, result, now)
+    result.full_reason = full_reason
+    return result
+
+
+def _load_full(
+    source: sa.Engine, warehouse: sa.Engine, day: dt.date, rules: CleaningRules, now: dt.datetime, chunk_size: int
+) -> EtlResult:
+    """Replace the whole partition. Same database: the SQL path (falls back to Python when the
+    source's column types are ones it does not handle). Two databases: the streaming Python path
+    with bulk loads."""
     if same_database(source, warehouse):
         try:
             return load_partition_sql(warehouse, day, rules, now, chunk_size)

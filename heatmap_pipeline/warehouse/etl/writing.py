@@ -35,6 +35,9 @@ class EtlResult:
     method: str = "python"
     residue: int = 0  # SQL path: rows handed to the Python cleaner
     positions: dict[str, int] = field(default_factory=dict)  # per level: position events loaded
+    load_mode: str = "full"  # or "incremental" (warehouse/etl/incremental.py)
+    watermark: dt.datetime | None = None  # the day's created_at watermark after this load
+    full_reason: str = ""  # a run that asked for an incremental load: why it loaded the day in full
 
     @property
     def reconciled(self) -> bool:
@@ -130,6 +133,11 @@ def bulk_insert(conn: sa.Connection, table: sa.TableClause, rows: list[dict], co
     else:
         conn.execute(table.insert(), rows)
 
+def insert_cleaned(conn: sa.Connection, target: sa.TableClause, clean_rows: list[dict], rejected: list[dict]) -> None:
+    """Bulk-load the cleaner's output: clean rows into ``target``, rejected rows into the quarantine."""
+    bulk_insert(conn, target, clean_rows, _GAME_EVENT_COLUMNS)
+    bulk_insert(conn, quarantined_events, rejected, _QUARANTINE_COLUMNS)
+
 def write_cleaned_chunks(
     conn: sa.Connection,
     chunks: Iterable[Iterable[Mapping]],
@@ -144,8 +152,7 @@ def write_cleaned_chunks(
     for chunk in chunks:
         clean_rows, rejected = cleaner.clean(chunk)
         ranges.add_rows(clean_rows)
-        bulk_insert(conn, target, clean_rows, _GAME_EVENT_COLUMNS)
-        bulk_insert(conn, quarantined_events, rejected, _QUARANTINE_COLUMNS)
+        insert_cleaned(conn, target, clean_rows, rejected)
         reasons.update(q["reason"] for q in rejected)
         clean += len(clean_rows)
         quarantined += len(rejected)

@@ -1,0 +1,440 @@
+"""A scheduled tick loads what arrived since the day's last load, not the whole day again.
+
+Every load of a day records in ``etl_watermarks`` the newest source ``created_at`` it read (not
+after the run's clock), how many of the day's rows have no usable arrival time (``created_at``
+NULL or before PARTITION_START_DATE), the cleaning settings and the day's row counts. A tick
+(``load_increment``) then:
+
+1. reads the day's source rows with ``created_at > watermark - overlap`` (the *window*; the overlap
+   catches rows whose transaction committed after a later row's: ETL_INCREMENTAL_OVERLAP_SECONDS);
+2. finds which of their ids the day already holds (in ``game_events`` or the quarantine) and reads
+   every source row of the day with those ids again, so each id is judged on all its rows exactly as
+   a full load judges it (the first valid row by created_at is kept, the others are ``duplicate_id``);
+3. runs them through the same cleaner as the full load (``core/cleaning.py``) and replaces what the
+   day held for those ids;
+4. updates ``position_stats`` by the difference, records the added rows and the sessions that lost
+   one in ``session_stats_pending`` (``warehouse/sessions.py`` folds them in), and moves the
+   watermark - all in one transaction under the day's lock.
+
+Ids the day does not hold yet have all their rows in the window (an older row of theirs would
+have been loaded), so the result equals a full load of the same source rows. A tick loads the day
+in full instead (and says why) when the day has no watermark yet, was loaded with other cleaning
+settings, or the count of rows without a usable arrival time changed: such rows are never in a
+window. Rows committed more than the overlap after their ``created_at`` are missed by ticks; any
+full load (backfill, UI, admin trigger) picks them up. No Dagster here.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import sqlalchemy as sa
+
+from heatmap_pipeline.core.binning import PositionRanges
+from heatmap_pipeline.core.cleaning import CleaningRules, EventCleaner, Rejected, to_utc_naive
+from heatmap_pipeline.warehouse.etl.writing import EtlResult, insert_cleaned
+from heatmap_pipeline.warehouse.locks import lock_partition
+from heatmap_pipeline.warehouse.sessions import NO_SESSION, mark_day_for_rebuild, record_pending_sessions
+from heatmap_pipeline.warehouse.source import (
+    created_at_value,
+    day_filter,
+    extracted_columns,
+    source_events_table,
+)
+from heatmap_pipeline.warehouse.tables import etl_watermarks, game_events, position_stats, quarantined_events
+
+DEFAULT_OVERLAP = dt.timedelta(minutes=5)
+ID_BATCH = 1000  # ids per IN list: well under every driver's parameter limit
+
+
+@dataclass(frozen=True)
+class Watermark:
+    created_at: dt.datetime | None  # newest created_at loaded (naive UTC); None: the day had no usable one
+    rows_without_arrival: int
+    rules_fingerprint: str
+    clean_rows: int
+    quarantined_rows: int
+
+
+def rules_fingerprint(rules: CleaningRules) -> str:
+    """The cleaning settings a day was loaded with (not the run's clock): a tick under other
+    settings would mix two rule sets in one day, so it loads the day in full."""
+    text = repr(
+        (
+            sorted(rules.levels),
+            rules.default_level,
+            sorted(rules.position_event_types),
+            rules.max_payload_bytes,
+            rules.arrival_tolerance.total_seconds(),
+            str(rules.partition_start),
+        )
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _batches(values: Sequence, size: int = ID_BATCH) -> Iterator[Sequence]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _arrival_floor(dialect: str, rules: CleaningRules):
+    """created_at values below this (or NULL) are no arrival time: such rows never fall in a window."""
+    start = rules.partition_start or dt.date(1, 1, 1)
+    moment = dt.datetime.combine(start, dt.time.min)
+    return start.isoformat() if dialect == "sqlite" else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def _count_rows_without_arrival(read: sa.Connection, day: dt.date, rules: CleaningRules) -> int:
+    """Rows of the day whose created_at is NULL or before PARTITION_START_DATE (index-friendly)."""
+    src = source_events_table()
+    dialect = read.dialect.name
+    created = src.c.created_at
+    query = (
+        sa.select(sa.func.count())
+        .select_from(src)
+        .where(
+            sa.or_(created.is_(None), created < _arrival_floor(dialect, rules)),
+            day_filter(dialect, src, day, rules.partition_start),
+        )
+    )
+    return int(read.execute(query).scalar_one())
+
+
+def _arrival(value) -> dt.datetime | None:
+    """A created_at as naive UTC, or None when it is no time Python holds."""
+    if value is None:
+        return None
+    try:
+        return to_utc_naive(value, "created_at")
+    except Rejected:
+        return None
+
+
+def _newest_arrival(read: sa.Connection, day: dt.date, rules: CleaningRules, now: dt.datetime) -> dt.datetime | None:
+    """The newest created_at among the day's source rows, not after ``now``."""
+    src = source_events_table()
+    dialect = read.dialect.name
+    created = src.c.created_at
+    query = sa.select(sa.func.max(created)).where(
+        created <= created_at_value(dialect, now),
+        created >= _arrival_floor(dialect, rules),
+        day_filter(dialect, src, day, rules.partition_start),
+    )
+    return _arrival(read.execute(query).scalar_one())
+
+
+def read_watermark(conn: sa.Connection, day: dt.date) -> Watermark | None:
+    row = conn.execute(sa.select(etl_watermarks).where(etl_watermarks.c.event_date == day)).mappings().first()
+    if row is None:
+        return None
+    return Watermark(
+        row["created_at_watermark"],
+        int(row["rows_without_arrival"]),
+        row["rules_fingerprint"],
+        int(row["clean_rows"]),
+        int(row["quarantined_rows"]),
+    )
+
+
+def _write_watermark(conn: sa.Connection, day: dt.date, mark: Watermark, mode: str, now: dt.datetime) -> None:
+    conn.execute(etl_watermarks.delete().where(etl_watermarks.c.event_date == day))
+    conn.execute(
+        etl_watermarks.insert().values(
+            event_date=day,
+            created_at_watermark=mark.created_at,
+            rows_without_arrival=mark.rows_without_arrival,
+            rules_fingerprint=mark.rules_fingerprint,
+            clean_rows=mark.clean_rows,
+            quarantined_rows=mark.quarantined_rows,
+            load_mode=mode,
+            loaded_at=now,
+        )
+    )
+
+
+# --- a full load: bracket it ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FullLoadMark:
+    newest_arrival: dt.datetime | None
+    rows_without_arrival: int
+
+
+def before_full_load(
+    source: sa.Engine, warehouse: sa.Engine, day: dt.date, rules: CleaningRules, now: dt.datetime
+) -> FullLoadMark:
+    """Before a full load: read the watermark it will reach (the load reads at least these rows),
+    and tell session_stats to rebuild the day (committed first: if the load fails, that only costs a
+    rebuild)."""
+    with source.connect() as read:
+        mark = FullLoadMark(_newest_arrival(read, day, rules, now), _count_rows_without_arrival(read, day, rules))
+    with warehouse.begin() as write:
+        mark_day_for_rebuild(write, day)
+    return mark
+
+
+def after_full_load(
+    warehouse: sa.Engine, day: dt.date, rules: CleaningRules, mark: FullLoadMark, result: EtlResult, now: dt.datetime
+) -> None:
+    """Record the full load's watermark. Its own transaction after the load's: should it fail, the
+    previous (older) watermark stays, and the next tick only re-reads more than it needs to."""
+    with warehouse.begin() as write:
+        lock_partition(write, "game_events", day)
+        watermark = Watermark(mark.newest_arrival, mark.rows_without_arrival, rules_fingerprint(rules), result.clean, result.quarantined)
+        _write_watermark(write, day, watermark, "full", now)
+    result.watermark = mark.newest_arrival
+
+
+# --- a tick -----------------------------------------------------------------------------------------
+class NeedsFullLoad(Exception):
+    """This tick cannot load incrementally; the message says why."""
+
+
+def _extract(read: sa.Connection, day: dt.date, rules: CleaningRules, condition) -> list[sa.RowMapping]:
+    src = source_events_table()
+    dialect = read.dialect.name
+    query = (
+        sa.select(*extracted_columns(dialect, src))
+        .where(day_filter(dialect, src, day, rules.partition_start), condition(src))
+        .order_by(src.c.id, src.c.created_at)
+    )
+    return list(read.execute(query).mappings())
+
+
+def _held_ids(write: sa.Connection, day: dt.date, ids: list[str]) -> set[str]:
+    """Which of ``ids`` the day holds already, clean or quarantined."""
+    held: set[str] = set()
+    for batch in _batches(ids):
+        held.update(
+            write.execute(
+                sa.select(game_events.c.event_id).where(game_events.c.event_date == day, game_events.c.event_id.in_(batch))
+            ).scalars()
+        )
+        held.update(
+            write.execute(
+                sa.select(quarantined_events.c.source_event_id)
+                .where(quarantined_events.c.partition_date == day, quarantined_events.c.source_event_id.in_(batch))
+                .distinct()
+            ).scalars()
+        )
+    return held
+
+
+_COLUMNS = [c.name for c in game_events.columns]
+
+
+def _stored_rows(write: sa.Connection, day: dt.date, ids: list[str]) -> dict[str, dict]:
+    rows: dict[str, dict] = {}
+    for batch in _batches(ids):
+        for row in write.execute(
+            sa.select(game_events).where(game_events.c.event_date == day, game_events.c.event_id.in_(batch))
+        ).mappings():
+            rows[row["event_id"]] = dict(row)
+    return rows
+
+
+def _delete_held(write: sa.Connection, day: dt.date, ids: list[str], null_ids: bool) -> tuple[int, int]:
+    """Delete what the day holds for ``ids`` (and its rows without id); return (clean, quarantined) deleted."""
+    clean = quarantined = 0
+    for batch in _batches(ids):
+        clean += write.execute(
+            game_events.delete().where(game_events.c.event_date == day, game_events.c.event_id.in_(batch))
+        ).rowcount
+        quarantined += write.execute(
+            quarantined_events.delete().where(
+                quarantined_events.c.partition_date == day, quarantined_events.c.source_event_id.in_(batch)
+            )
+        ).rowcount
+    if null_ids:
+        quarantined += write.execute(
+            quarantined_events.delete().where(
+                quarantined_events.c.partition_date == day, quarantined_events.c.source_event_id.is_(None)
+            )
+        ).rowcount
+    return clean, quarantined
+
+
+def _session(row: dict) -> str:
+    return NO_SESSION if row["session_id"] is None else row["session_id"]
+
+
+def _is_position(row: dict) -> bool:
+    return row["level"] is not None and row["x"] is not None and row["y"] is not None
+
+
+def _update_position_stats(write: sa.Connection, day: dt.date, removed: list[dict], added: list[dict]) -> None:
+    """Fold the difference into the day's position_stats. A level that lost a position on the edge
+    of its range is summed again from game_events (rare: an id whose kept row changed)."""
+    removed = [r for r in removed if _is_position(r)]
+    added = [r for r in added if _is_position(r)]
+    levels = sorted({r["level"] for r in removed} | {r["level"] for r in added})
+    if not levels:
+        return
+    stored = {
+        row["level"]: row
+        for row in write.execute(
+            sa.select(position_stats).where(position_stats.c.event_date == day, position_stats.c.level.in_(levels))
+        ).mappings()
+    }
+    ranges = PositionRanges()
+    for level in levels:
+        gone = [r for r in removed if r["level"] == level]
+        current = stored.get(level)
+        on_edge = current is not None and any(
+            r["x"] in (current["x_min"], current["x_max"]) or r["y"] in (current["y_min"], current["y_max"]) for r in gone
+        )
+        if on_edge or (gone and current is None):
+            x, y = game_events.c.x, game_events.c.y
+            summary = write.execute(
+                sa.select(sa.func.count(), sa.func.min(x), sa.func.max(x), sa.func.min(y), sa.func.max(y)).where(
+                    game_events.c.event_date == day, game_events.c.level == level, x.is_not(None), y.is_not(None)
+                )
+            ).one()
+            ranges.add_summary(level, *summary)
+            continue
+        if current is not None:
+            ranges.add_summary(
+                level,
+                int(current["positions"]) - len(gone),
+                current["x_min"],
+                current["x_max"],
+                current["y_min"],
+                current["y_max"],
+            )
+        ranges.add_rows(r for r in added if r["level"] == level)
+    write.execute(position_stats.delete().where(position_stats.c.event_date == day, position_stats.c.level.in_(levels)))
+    rows = [{"event_date": day, "level": level, **vars(summary)} for level, summary in sorted(ranges.by_level.items())]
+    if rows:
+        write.execute(position_stats.insert(), rows)
+
+
+def _day_positions(conn: sa.Connection, day: dt.date) -> dict[str, int]:
+    return {
+        level: int(positions)
+        for level, positions in conn.execute(
+            sa.select(position_stats.c.level, position_stats.c.positions)
+            .where(position_stats.c.event_date == day)
+            .order_by(position_stats.c.level)
+        )
+    }
+
+
+def load_increment(
+    source: sa.Engine,
+    warehouse: sa.Engine,
+    day: dt.date,
+    rules: CleaningRules,
+    now: dt.datetime,
+    overlap: dt.timedelta = DEFAULT_OVERLAP,
+) -> EtlResult:
+    """Load the rows of ``day`` that arrived since its last load (module docstring), in one
+    transaction under the day's lock. Raises :class:`NeedsFullLoad` (nothing written) when the day
+    must be loaded in full instead."""
+    result = EtlResult(partition_date=day, method="incremental (python)", load_mode="incremental")
+    with warehouse.begin() as write, source.connect() as read:
+        lock_partition(write, "game_events", day)
+        mark = read_watermark(write, day)
+        if mark is None:
+            raise NeedsFullLoad(f"{day} has no watermark yet (never loaded since incremental loads exist)")
+        if mark.rules_fingerprint != rules_fingerprint(rules):
+            raise NeedsFullLoad(f"{day} was loaded with other cleaning settings")
+        without_arrival = _count_rows_without_arrival(read, day, rules)
+        if without_arrival != mark.rows_without_arrival:
+            raise NeedsFullLoad(
+                f"{day} now has {without_arrival} source row(s) without a usable created_at, "
+                f"{mark.rows_without_arrival} at its last load: such rows are only read by a full load"
+            )
+        dialect = read.dialect.name
+        if mark.created_at is None:
+            since_value = _arrival_floor(dialect, rules)
+            window = lambda src: src.c.created_at >= since_value  # noqa: E731
+        else:
+            since_value = created_at_value(dialect, mark.created_at - overlap)
+            window = lambda src: src.c.created_at > since_value  # noqa: E731
+        arrived = _extract(read, day, rules, window)
+
+        native_ids = {str(row["id"]): row["id"] for row in arrived if row["id"] is not None}
+        held = sorted(_held_ids(write, day, sorted(native_ids)))
+        has_null_ids = any(row["id"] is None for row in arrived)
+        # Each id the day holds is judged again on all its rows of the day; null ids all again.
+        again: list[sa.RowMapping] = []
+        for batch in _batches(held):
+            values = [native_ids[i] for i in batch]
+            again.extend(_extract(read, day, rules, lambda src: src.c.id.in_(values)))
+        if has_null_ids:
+            again.extend(_extract(read, day, rules, lambda src: src.c.id.is_(None)))
+        held_set = set(held)
+        fresh = [row for row in arrived if row["id"] is not None and str(row["id"]) not in held_set]
+
+        cleaner = EventCleaner(day, rules, now)
+        clean_rows, rejected = cleaner.clean(fresh)
+        clean_again, rejected_again = cleaner.clean(again)
+        clean_rows += clean_again
+        rejected += rejected_again
+
+        before = _stored_rows(write, day, held)
+        deleted_clean, deleted_quarantined = _delete_held(write, day, held, has_null_ids)
+        insert_cleaned(write, game_events, clean_rows, rejected)
+
+        after = {row["event_id"]: row for row in clean_rows}
+        removed = [old for key, old in before.items() if key not in after or any(old[c] != after[key][c] for c in _COLUMNS)]
+        removed_ids = {row["event_id"] for row in removed}
+        added = [row for key, row in after.items() if key not in before or key in removed_ids]
+        _update_position_stats(write, day, removed, added)
+        record_pending_sessions(
+            write,
+            day,
+            added=[(_session(row), row["event_id"]) for row in added],
+            lost={_session(row) for row in removed},
+        )
+
+        newest = max((a for a in map(_arrival, (row["created_at"] for row in arrived)) if a is not None and a <= now), default=None)
+        watermark = max((m for m in (mark.created_at, newest) if m is not None), default=None)
+        _write_watermark(
+            write,
+            day,
+            Watermark(
+                watermark,
+                mark.rows_without_arrival,
+                mark.rules_fingerprint,
+                mark.clean_rows - deleted_clean + len(clean_rows),
+                mark.quarantined_rows - deleted_quarantined + len(rejected),
+            ),
+            "incremental",
+            now,
+        )
+        result.positions = _day_positions(write, day)
+    result.extracted = cleaner.extracted
+    result.clean, result.quarantined = len(clean_rows), len(rejected)
+    result.reasons = dict(sorted(collections.Counter(q["reason"] for q in rejected).items()))
+    result.watermark = watermark
+    return result
+
+
+@dataclass(frozen=True)
+class DayTotals:
+    clean: int
+    quarantined: int
+    reasons: dict[str, int]
+
+
+def day_totals(warehouse: sa.Engine, day: dt.date) -> DayTotals:
+    """What the day holds after its last load: clean and quarantined rows (from its watermark row)
+    and the quarantine by reason."""
+    with warehouse.connect() as conn:
+        mark = read_watermark(conn, day)
+        reasons = dict(
+            conn.execute(
+                sa.select(quarantined_events.c.reason, sa.func.count())
+                .where(quarantined_events.c.partition_date == day)
+                .group_by(quarantined_events.c.reason)
+                .order_by(quarantined_events.c.reason)
+            ).all()
+        )
+    if mark is None:
+        return DayTotals(0, sum(reasons.values()), reasons)
+    return DayTotals(mark.clean_rows, mark.quarantined_rows, reasons)
+
