@@ -319,7 +319,14 @@ def floor_bincount(n_points: int) -> float:
 
 def explain(url: str) -> dict[str, str]:
     from heatmap_pipeline.warehouse.db import get_engine
-    from heatmap_pipeline.warehouse.heatmaps import PG_BUCKETS_SQL, SQLITE_POSITIONS_SQL, plan_bucket_query, search_edges
+    from heatmap_pipeline.core.levels import DEFAULT_KINDS
+    from heatmap_pipeline.warehouse.heatmaps import (
+        PG_BUCKETS_KIND_PARAMS,
+        PG_BUCKETS_SQL,
+        plan_bucket_query,
+        search_edges,
+        sqlite_points_sql,
+    )
     from heatmap_pipeline.warehouse.source import day_filter_text
 
     engine = get_engine(url)
@@ -339,12 +346,15 @@ def explain(url: str) -> dict[str, str]:
                 "level": "2",
                 "x_edges": search_edges(0.0, 200.0, GRID),
                 "y_edges": search_edges(0.0, 80.0, GRID),
+                **PG_BUCKETS_KIND_PARAMS,
             },
         )
     else:
-        queries["heatmap positions (date, level), streamed into np.bincount"] = (
-            SQLITE_POSITIONS_SQL.replace("?", ":day", 1).replace("?", ":level", 1),
-            {"day": day, "level": "2"},
+        sql, values = sqlite_points_sql(tuple(DEFAULT_KINDS.values()), DAY, "2")
+        parts = sql.split("?")  # the driver's "?" as sa.text's :p0, :p1, ...
+        queries["heatmap positions and kinds (date, level), streamed into np.bincount"] = (
+            "".join(part + (f":p{i}" if i < len(values) else "") for i, part in enumerate(parts)),
+            {f"p{i}": v for i, v in enumerate(values)},
         )
     plans = {}
     with engine.connect() as conn:

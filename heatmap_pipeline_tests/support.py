@@ -21,12 +21,13 @@ from heatmap_pipeline.settings import load_settings
 _ids = itertools.count(1)
 
 
-def histogram2d_reference(x, y, bounds: GridBounds, grid_size: int) -> np.ndarray:
-    """What the old job computed: np.histogram2d, transposed so rows are y bins."""
+def histogram2d_reference(x, y, bounds: GridBounds, grid_size: int, grid_y: int | None = None) -> np.ndarray:
+    """What the old job computed: np.histogram2d, transposed so rows are y bins (grid_size x cells,
+    grid_y y cells, default square)."""
     counts, _, _ = np.histogram2d(
         np.asarray(x, dtype=np.float64),
         np.asarray(y, dtype=np.float64),
-        bins=grid_size,
+        bins=[grid_size, grid_size if grid_y is None else grid_y],
         range=[[bounds.x_min, bounds.x_max], [bounds.y_min, bounds.y_max]],
     )
     return counts.T

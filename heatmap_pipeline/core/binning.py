@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -74,35 +74,82 @@ def cell_index(values: np.ndarray, lo: float, hi: float, n: int) -> tuple[np.nda
 
 
 class HeatmapAccumulator:
-    """Streams chunks of (x, y) into an n x n grid with ``np.bincount``: constant memory."""
+    """Streams chunks of (x, y) into a grid_y x grid_x grid with ``np.bincount``: constant memory."""
 
-    def __init__(self, bounds: GridBounds, grid_size: int):
-        if grid_size < 1:
-            raise ValueError("grid_size must be at least 1")
+    def __init__(self, bounds: GridBounds, grid_x: int, grid_y: int | None = None):
+        grid_y = grid_x if grid_y is None else grid_y
+        if grid_x < 1 or grid_y < 1:
+            raise ValueError("grid sizes must be at least 1")
         self.bounds = bounds
-        self.grid_size = grid_size
-        self._flat = np.zeros(grid_size * grid_size, dtype=np.int64)
+        self.grid_x, self.grid_y = grid_x, grid_y
+        self._flat = np.zeros(grid_x * grid_y, dtype=np.int64)
 
-    def add(self, x: Iterable[float], y: Iterable[float]) -> None:
+    def cells(self, x: Iterable[float], y: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
+        """Flat cell (row * grid_x + col) of each point, and the mask of points inside the bounds."""
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
-        n, b = self.grid_size, self.bounds
-        col, x_in = cell_index(x, b.x_min, b.x_max, n)
-        row, y_in = cell_index(y, b.y_min, b.y_max, n)
-        inside = x_in & y_in
-        self._flat += np.bincount(row[inside] * n + col[inside], minlength=n * n)
+        b = self.bounds
+        col, x_in = cell_index(x, b.x_min, b.x_max, self.grid_x)
+        row, y_in = cell_index(y, b.y_min, b.y_max, self.grid_y)
+        return row * self.grid_x + col, x_in & y_in
+
+    def add(self, x: Iterable[float], y: Iterable[float]) -> None:
+        flat, inside = self.cells(x, y)
+        self.add_flat(flat[inside])
+
+    def add_flat(self, flat: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """Add points (or ``counts`` of them) by flat cell; every cell must be inside the grid."""
+        size = self.grid_x * self.grid_y
+        if counts is None:
+            self._flat += np.bincount(flat, minlength=size)
+        else:
+            self._flat += np.bincount(flat, weights=counts, minlength=size).astype(np.int64)
 
     def add_cells(self, rows: Iterable[int], cols: Iterable[int], counts: Iterable[int]) -> None:
         """Add pre-aggregated cell counts (from SQL pushdown)."""
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
-        counts = np.asarray(counts, dtype=np.int64)
-        self._flat += np.bincount(rows * self.grid_size + cols, weights=counts, minlength=self.grid_size**2).astype(np.int64)
+        self.add_flat(rows * self.grid_x + cols, np.asarray(counts, dtype=np.int64))
 
     @property
     def matrix(self) -> np.ndarray:
         """Counts with rows = y bins and columns = x bins."""
-        return self._flat.reshape(self.grid_size, self.grid_size).copy()
+        return self._flat.reshape(self.grid_y, self.grid_x).copy()
+
+
+class KindsAccumulator:
+    """One grid per heatmap kind, filled in one pass: each point (or SQL cell count) carries a
+    bitmask of the kinds it belongs to, bit i for ``kinds[i]`` (a death is a position too).
+    Also counts each kind's events with x and y, inside the bounds or not."""
+
+    def __init__(self, bounds: GridBounds, grid_x: int, grid_y: int, kinds: Sequence[str]):
+        self.kinds = tuple(kinds)
+        self.bounds, self.grid_x, self.grid_y = bounds, grid_x, grid_y
+        self.grids = {kind: HeatmapAccumulator(bounds, grid_x, grid_y) for kind in self.kinds}
+        self.events = dict.fromkeys(self.kinds, 0)
+
+    def _members(self, masks: np.ndarray):
+        for bit, kind in enumerate(self.kinds):
+            yield kind, ((masks >> bit) & 1).astype(bool)
+
+    def add(self, x: Iterable[float], y: Iterable[float], masks: Iterable[int]) -> None:
+        masks = np.asarray(masks, dtype=np.int64)
+        flat, inside = self.grids[self.kinds[0]].cells(x, y)  # one cell computation for every kind
+        for kind, member in self._members(masks):
+            self.events[kind] += int(np.count_nonzero(member))
+            self.grids[kind].add_flat(flat[member & inside])
+
+    def add_counts(self, rows, cols, masks, counts, inside) -> None:
+        """SQL's (row, col, kinds bitmask, count) groups; ``inside`` marks the groups within the grid."""
+        rows, cols, masks, counts = (np.asarray(v, dtype=np.int64) for v in (rows, cols, masks, counts))
+        inside = np.asarray(inside, dtype=bool)
+        for kind, member in self._members(masks):
+            self.events[kind] += int(counts[member].sum())
+            take = member & inside
+            self.grids[kind].add_cells(rows[take], cols[take], counts[take])
+
+    def matrices(self) -> dict[str, np.ndarray]:
+        return {kind: grid.matrix for kind, grid in self.grids.items()}
 
 
 def matrix_summary(matrix: np.ndarray) -> dict:

@@ -1,24 +1,33 @@
-"""Per (date, level) heatmaps from ``game_events``, binned inside the database, upserted into ``heatmaps``.
+"""Per (date, level) heatmaps from ``game_events``, every kind (positions, deaths, jumps, ...) binned
+in one pass inside the database; written to ``heatmap_kinds`` and, for positions, to the old ``heatmaps``.
 
-The database returns at most (grid_size + 2)**2 rows (one per non-empty cell), never the points,
-and reads the day's positions once: automatic bounds come from ``position_stats``, which the
-ETL writes with the partition (a day loaded some other way falls back to a min/max query).
+The database returns at most (grid_x + 2) * (grid_y + 2) rows per combination of kinds (one per
+non-empty cell), never the points. Automatic bounds come from ``position_stats``, which the ETL
+writes with the partition (a day loaded some other way falls back to a min/max query); every kind
+of a (level, date) shares them, so kinds can be compared (and subtracted) cell by cell.
+
+Kinds overlap (a death is a position too), so each event carries a bitmask of its kinds, bit i
+for kind i, computed in SQL (event_type OR event_name in the kind's types, payload filters),
+and the cells are grouped by (y bucket, x bucket, bitmask).
 
 PostgreSQL: ``width_bucket(v, edges)`` with the very edges ``np.linspace`` computes is a binary
 search over them: exactly ``np.histogram2d``'s rule, for every value, in one pass. The edge list
 ends just above the upper bound, so bucket 0 and the bucket past the last hold the points
-outside the bounds, counted in the same pass.
+outside the bounds, counted in the same pass. The distinct sessions of each kind (for
+per-session normalisation) take a second aggregate over the same rows, in the same snapshot.
 
-SQLite (no width_bucket; it runs inside our process anyway): the level's (x, y) are streamed from
-the covering index in chunks into ``np.bincount`` (``HeatmapAccumulator``), with numpy's own
-cell rule. Memory stays at one chunk.
+SQLite (no width_bucket; it runs inside our process anyway): the level's (x, y, bitmask,
+session) are streamed in chunks into ``np.bincount`` (``KindsAccumulator``), with numpy's own
+cell rule. Memory stays at one chunk (plus the sets of session ids).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
-from typing import Callable, Mapping
+import functools
+import operator
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import sqlalchemy as sa
@@ -26,31 +35,64 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from heatmap_pipeline.core.binning import (
     GridBounds,
-    HeatmapAccumulator,
+    KindsAccumulator,
     auto_bounds,
     bin_edges,
     matrix_summary,
     matrix_to_json,
 )
-from heatmap_pipeline.warehouse.db import text_sql
-from heatmap_pipeline.warehouse.tables import game_events, heatmaps, position_stats
+from heatmap_pipeline.core.levels import DEFAULT_KINDS, POSITIONS, KindConfig
+from heatmap_pipeline.warehouse.tables import game_events, heatmap_kinds, heatmaps, position_stats
 from heatmap_pipeline.warehouse.locks import lock_partition
+
+
+@dataclass
+class KindHeatmap:
+    """One kind's grid of a (level, date); all kinds of a (level, date) share bounds and grid."""
+
+    kind: str
+    matrix: np.ndarray
+    events: int  # events of the kind with x and y, inside the bounds or not
+    sessions: int  # distinct sessions among them
+
+    @property
+    def out_of_bounds(self) -> int:
+        return self.events - int(self.matrix.sum())
+
+    @property
+    def summary(self) -> dict:
+        return matrix_summary(self.matrix)
 
 
 @dataclass
 class HeatmapResult:
     level: str
     date: dt.date
-    grid_size: int
-    matrix: np.ndarray
+    grid_size: int  # x cells (columns); grid_y rows
+    matrix: np.ndarray  # the positions kind: the old heatmaps row
     bounds: GridBounds | None
     bounds_source: str
     points: int  # position events of that level and day
     out_of_bounds: int
+    grid_y: int | None = None  # None: square
+    kinds: dict[str, KindHeatmap] = field(default_factory=dict)
 
     @property
     def summary(self) -> dict:
         return matrix_summary(self.matrix)
+
+    @property
+    def grid_x(self) -> int:
+        return self.grid_size
+
+    @property
+    def rows(self) -> int:
+        return self.grid_size if self.grid_y is None else self.grid_y
+
+
+def grid_size_text(grid_x: int, grid_y: int) -> str:
+    """The old ``heatmaps.grid_size`` column: ``"50"`` as the old job wrote, ``"80x40"`` when not square."""
+    return str(grid_x) if grid_x == grid_y else f"{grid_x}x{grid_y}"
 
 
 def positions_of(day, level):
@@ -80,20 +122,95 @@ def _bucket(column: sa.Column, edges: str) -> sa.ColumnElement[int]:
     return sa.func.width_bucket(column, sa.cast(sa.bindparam(edges), postgresql.ARRAY(sa.Double())))
 
 
-# Text, for ``sa.text`` (``:day``, ``:level``, ``:x_edges``, ``:y_edges``): test_indexes and the
-# benchmark EXPLAIN this very statement. Two grouping keys, not one combined integer: the planner
-# estimates far fewer groups for the pair and so aggregates in its parallel workers at 10M
-# events/day (one key: 0.72 s a level).
-PG_BUCKETS_SQL = text_sql(
-    sa.select(
-        _bucket(game_events.c.y, "y_edges").label("gy"),
-        _bucket(game_events.c.x, "x_edges").label("gx"),
-        sa.func.count().label("n"),
+def _payload_field(key: str, dialect: str) -> sa.ColumnElement[str]:
+    """A payload member as text (a number as it is written: 42 -> '42'); payloads are valid JSON text."""
+    if dialect == "postgresql":
+        return sa.func.json_extract_path_text(sa.cast(game_events.c.payload, postgresql.JSON), key)
+    return sa.cast(sa.func.json_extract(game_events.c.payload, '$."' + key + '"'), sa.Text)
+
+
+def kind_condition(kind: KindConfig, dialect: str) -> sa.ColumnElement[bool] | None:
+    """Which of a level's position events belong to ``kind``; None: all of them (positions).
+
+    An event type matches game_events.event_type OR event_name (the old game sends e.g.
+    event_type "gameplay"-ish values with the name in event_name; the session stats count
+    deaths the same way)."""
+    terms = []
+    if kind.event_types:
+        types = sorted(kind.event_types)
+        # equalities, not IN: plain bind parameters, so the statement also works as text (pg_buckets_sql)
+        columns = (game_events.c.event_type, game_events.c.event_name)
+        terms.append(sa.or_(*(column == name for column in columns for name in types)))
+    for key, value in sorted(kind.payload_filter.items()):
+        terms.append(_payload_field(key, dialect) == value)
+    return sa.and_(*terms) if terms else None
+
+
+def kinds_mask(kinds: Sequence[KindConfig], dialect: str) -> sa.ColumnElement[int]:
+    """Bit i set when the event belongs to ``kinds[i]``: the kinds overlap (a death is a position)."""
+    terms = []
+    for bit, kind in enumerate(kinds):
+        condition = kind_condition(kind, dialect)
+        terms.append(
+            sa.literal_column(str(1 << bit))
+            if condition is None
+            else sa.case((condition, sa.literal_column(str(1 << bit))), else_=sa.literal_column("0"))
+        )
+    return functools.reduce(operator.add, terms)
+
+
+def _kinds_filter(kinds: Sequence[KindConfig], dialect: str) -> sa.ColumnElement[bool]:
+    """Rows of the level's positions that belong to at least one kind (all of them with positions)."""
+    conditions = [kind_condition(kind, dialect) for kind in kinds]
+    if any(c is None for c in conditions):
+        return positions_of(sa.bindparam("day"), sa.bindparam("level"))
+    return sa.and_(positions_of(sa.bindparam("day"), sa.bindparam("level")), sa.or_(*conditions))
+
+
+def pg_buckets_query(kinds: Sequence[KindConfig]) -> sa.Select:
+    """One pass over the level's positions of the day: (gy, gx, kinds bitmask, count) groups.
+
+    Three grouping keys, not one combined integer: the planner estimates far fewer groups and so
+    aggregates in its parallel workers at 10M events/day (one key: 0.72 s a level)."""
+    return (
+        sa.select(
+            _bucket(game_events.c.y, "y_edges").label("gy"),
+            _bucket(game_events.c.x, "x_edges").label("gx"),
+            kinds_mask(kinds, "postgresql").label("kinds"),
+            sa.func.count().label("n"),
+        )
+        .where(_kinds_filter(kinds, "postgresql"))
+        .group_by(sa.literal_column("1"), sa.literal_column("2"), sa.literal_column("3"))
     )
-    .where(positions_of(sa.bindparam("day"), sa.bindparam("level")))
-    .group_by(sa.literal_column("1"), sa.literal_column("2")),
-    "postgresql",
-)
+
+
+def sessions_query(kinds: Sequence[KindConfig], dialect: str) -> sa.Select:
+    """Distinct sessions of each kind among the level's positions of the day (PostgreSQL)."""
+    columns = []
+    for kind in kinds:
+        count = sa.func.count(sa.distinct(game_events.c.session_id))
+        condition = kind_condition(kind, dialect)
+        columns.append(count if condition is None else count.filter(condition))
+    return sa.select(*columns).where(_kinds_filter(kinds, dialect))
+
+
+def sqlite_points_query(kinds: Sequence[KindConfig]) -> sa.Select:
+    """The level's positions of the day with their kinds bitmask and session, to stream into numpy."""
+    return sa.select(
+        game_events.c.x, game_events.c.y, kinds_mask(kinds, "sqlite").label("kinds"), game_events.c.session_id
+    ).where(_kinds_filter(kinds, "sqlite"))
+
+
+def pg_buckets_sql(kinds: Sequence[KindConfig]) -> tuple[str, dict]:
+    """pg_buckets_query as text for ``sa.text`` (``:day``, ``:level``, ``:x_edges``, ``:y_edges``)
+    and the values of its kinds' own parameters (event types, payload filters)."""
+    compiled = pg_buckets_query(kinds).compile(dialect=postgresql.psycopg2.dialect(paramstyle="named"))
+    runtime = {"day", "level", "x_edges", "y_edges"}
+    return str(compiled), {name: value for name, value in compiled.params.items() if name not in runtime}
+
+
+# With the default kinds (positions, deaths, jumps): test_indexes and the benchmark EXPLAIN it.
+PG_BUCKETS_SQL, PG_BUCKETS_KIND_PARAMS = pg_buckets_sql(tuple(DEFAULT_KINDS.values()))
 
 
 def recorded_position_stats(conn: sa.Connection, day: dt.date, level: str) -> tuple[int, float, float, float, float] | None:
@@ -138,62 +255,72 @@ def plan_bucket_query(conn: sa.Connection) -> None:
     conn.execute(sa.text("SET LOCAL parallel_tuple_cost = 0"))
 
 
-def _bin_postgresql(conn: sa.Connection, day: dt.date, level: str, bounds: GridBounds, grid_size: int):
-    """One pass: the matrix accumulator and the number of positions (inside the bounds or not)."""
-    accumulator = HeatmapAccumulator(bounds, grid_size)
-    rows, cols, counts = [], [], []
-    points = 0
+def _bin_postgresql(conn: sa.Connection, day: dt.date, level: str, grid: KindsAccumulator, kinds) -> list[int]:
+    """Fill ``grid`` from one GROUP BY over the level's positions; the sessions of each kind."""
+    bounds, gx_n, gy_n = grid.bounds, grid.grid_x, grid.grid_y
     plan_bucket_query(conn)
-    result = conn.execute(
-        sa.text(PG_BUCKETS_SQL),
+    params = {"day": day, "level": level}
+    groups = conn.execute(
+        pg_buckets_query(kinds),
         {
-            "day": day,
-            "level": level,
-            "x_edges": search_edges(bounds.x_min, bounds.x_max, grid_size),
-            "y_edges": search_edges(bounds.y_min, bounds.y_max, grid_size),
+            **params,
+            "x_edges": search_edges(bounds.x_min, bounds.x_max, gx_n),
+            "y_edges": search_edges(bounds.y_min, bounds.y_max, gy_n),
         },
-    )
-    for gy, gx, n in result:
-        points += n
-        if 1 <= gy <= grid_size and 1 <= gx <= grid_size:  # else outside the bounds
-            rows.append(gy - 1)
-            cols.append(gx - 1)
-            counts.append(n)
-    if counts:
-        accumulator.add_cells(rows, cols, counts)
-    return accumulator, points
+    ).all()
+    if groups:
+        gy, gx, masks, counts = (np.asarray(column, dtype=np.int64) for column in zip(*groups))
+        inside = (gy >= 1) & (gy <= gy_n) & (gx >= 1) & (gx <= gx_n)  # else outside the bounds
+        grid.add_counts(np.where(inside, gy - 1, 0), np.where(inside, gx - 1, 0), masks, counts, inside)
+    return [int(n) for n in conn.execute(sessions_query(kinds, "postgresql"), params).one()]
 
 
-# For the driver's own cursor: two ``?``, the day (ISO text) and the level.
-SQLITE_POSITIONS_SQL = str(
-    sa.select(game_events.c.x, game_events.c.y)
-    .where(positions_of(sa.bindparam("day"), sa.bindparam("level")))
-    .compile(dialect=sqlite.dialect())
-)
 SQLITE_CHUNK_ROWS = 65_536
 
 
-def _bin_sqlite(conn: sa.Connection, day: dt.date, level: str, bounds: GridBounds, grid_size: int):
-    """Stream the level's positions in chunks into the accumulator; (accumulator, positions)."""
-    accumulator = HeatmapAccumulator(bounds, grid_size)
-    points = 0
+def sqlite_points_sql(kinds: Sequence[KindConfig], day: dt.date, level: str) -> tuple[str, tuple]:
+    """sqlite_points_query for the driver's own cursor: the SQL with ``?`` and its parameters."""
+    compiled = sqlite_points_query(kinds).compile(dialect=sqlite.dialect())
+    values = {**compiled.params, "day": day.isoformat(), "level": level}
+    return str(compiled), tuple(values[name] for name in compiled.positiontup)
+
+
+def _bin_sqlite(conn: sa.Connection, day: dt.date, level: str, grid: KindsAccumulator, kinds) -> list[int]:
+    """Stream the level's positions in chunks into ``grid``; the sessions of each kind."""
+    sessions: list[set] = [set() for _ in kinds]
     # the driver's own cursor: a chunk of plain tuples straight into numpy, no Row objects
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.execute(SQLITE_POSITIONS_SQL, (day.isoformat(), level))
+        cursor.execute(*sqlite_points_sql(kinds, day, level))
         while chunk := cursor.fetchmany(SQLITE_CHUNK_ROWS):
-            xy = np.asarray(chunk, dtype=np.float64)
-            accumulator.add(xy[:, 0], xy[:, 1])
-            points += len(chunk)
+            x, y, masks, session_ids = zip(*chunk)
+            masks = np.asarray(masks, dtype=np.int64)
+            grid.add(x, y, masks)
+            session_ids = np.asarray(session_ids, dtype=object)
+            for bit, seen in enumerate(sessions):
+                seen.update(session_ids[((masks >> bit) & 1).astype(bool)])
     finally:
         cursor.close()
-    return accumulator, points
+    return [len(seen - {None}) for seen in sessions]
 
 
 def compute_heatmap(
-    warehouse: sa.Engine, day: dt.date, level: str, grid_size: int, fixed_bounds: GridBounds | None = None
+    warehouse: sa.Engine,
+    day: dt.date,
+    level: str,
+    grid_size: int,
+    fixed_bounds: GridBounds | None = None,
+    *,
+    grid_y: int | None = None,
+    kinds: Sequence[KindConfig] = (),
 ) -> HeatmapResult:
-    """Bin the day's positions of one level in SQL; auto bounds are the day's min/max."""
+    """Bin the day's positions of one level, every kind in the same pass; auto bounds are the
+    day's positions' min/max, shared by every kind (so kinds compare cell by cell).
+
+    ``grid_size`` is the number of x cells, ``grid_y`` of y cells (default: square). ``kinds``:
+    the kinds besides positions, which is always binned (the old ``heatmaps`` row)."""
+    kinds = (DEFAULT_KINDS[POSITIONS], *(k for k in kinds if k.name != POSITIONS))
+    grid_y = grid_size if grid_y is None else grid_y
     postgres = warehouse.dialect.name == "postgresql"
     with warehouse.connect() as conn:
         if postgres:  # the stats and the binning read one snapshot
@@ -207,28 +334,87 @@ def compute_heatmap(
             bounds, source = auto_bounds(*stats[1:]), "auto"
         else:
             bounds, source = None, "auto"  # an empty day has no range of its own
-        accumulator = HeatmapAccumulator(bounds or GridBounds(0, 1, 0, 1), grid_size)
+        grid = KindsAccumulator(bounds or GridBounds(0, 1, 0, 1), grid_size, grid_y, [k.name for k in kinds])
+        sessions = [0] * len(kinds)
         if points and bounds is not None:
-            if postgres:
-                accumulator, points = _bin_postgresql(conn, day, level, bounds, grid_size)
-            else:
-                accumulator, points = _bin_sqlite(conn, day, level, bounds, grid_size)
-    matrix = accumulator.matrix
-    inside = int(matrix.sum())
+            binner = _bin_postgresql if postgres else _bin_sqlite
+            sessions = binner(conn, day, level, grid, kinds)
+    matrices = grid.matrices()
+    per_kind = {
+        kind.name: KindHeatmap(kind.name, matrices[kind.name], grid.events[kind.name], n)
+        for kind, n in zip(kinds, sessions)
+    }
+    positions = per_kind[POSITIONS]
     return HeatmapResult(
         level=level,
         date=day,
         grid_size=grid_size,
-        matrix=matrix,
+        matrix=positions.matrix,
         bounds=bounds,
         bounds_source=source,
-        points=points,
-        out_of_bounds=points - inside,
+        points=positions.events,
+        out_of_bounds=positions.out_of_bounds,
+        grid_y=grid_y,
+        kinds=per_kind,
     )
 
 
 class InconsistentHeatmap(RuntimeError):
     """The heatmap row about to be written fails its consistency rule; nothing was written."""
+
+
+def _bounds_columns(bounds: GridBounds | None) -> dict:
+    return {
+        "x_min": bounds.x_min if bounds else None,
+        "x_max": bounds.x_max if bounds else None,
+        "y_min": bounds.y_min if bounds else None,
+        "y_max": bounds.y_max if bounds else None,
+    }
+
+
+def heatmap_row(result: HeatmapResult, now: dt.datetime) -> dict:
+    """The old ``heatmaps`` row: the positions kind, as it always was."""
+    summary = result.summary
+    return {
+        "level": result.level,
+        "date": result.date,
+        "grid_size": grid_size_text(result.grid_x, result.rows),
+        "matrix": matrix_to_json(result.matrix),
+        **_bounds_columns(result.bounds),
+        "bounds_source": result.bounds_source,
+        "total": summary["sum"],
+        "max_count": summary["max"],
+        "nonempty_cells": summary["nonempty_cells"],
+        "out_of_bounds": result.out_of_bounds,
+        "updated_at": now,
+    }
+
+
+def kind_rows(result: HeatmapResult, now: dt.datetime) -> list[dict]:
+    """One ``heatmap_kinds`` row per kind, positions included."""
+    rows = []
+    for kind in result.kinds.values():
+        summary = kind.summary
+        rows.append(
+            {
+                "level": result.level,
+                "date": result.date,
+                "kind": kind.kind,
+                "grid_x": result.grid_x,
+                "grid_y": result.rows,
+                "matrix": matrix_to_json(kind.matrix),
+                **_bounds_columns(result.bounds),
+                "bounds_source": result.bounds_source,
+                "total": summary["sum"],
+                "max_count": summary["max"],
+                "nonempty_cells": summary["nonempty_cells"],
+                "out_of_bounds": kind.out_of_bounds,
+                "events": kind.events,
+                "sessions": kind.sessions,
+                "updated_at": now,
+            }
+        )
+    return rows
 
 
 def upsert_heatmap(
@@ -237,29 +423,16 @@ def upsert_heatmap(
     now: dt.datetime,
     verify: Callable[[sa.Connection, Mapping], list[str]] | None = None,
 ) -> None:
-    """Replace the (level, date) row in one transaction; old readers see level/date/grid_size/matrix.
+    """Replace the (level, date) row of ``heatmaps`` (old readers see level/date/grid_size/matrix
+    of the positions kind) and every ``heatmap_kinds`` row of the (level, date), in one transaction.
 
-    ``verify(conn, row)`` (the asset passes ``invariants.heatmap_row_check``) lists the row's
+    ``verify(conn, row)`` (the asset passes ``invariants.heatmap_row_check``) lists the old row's
     problems, read in this transaction before anything is written: with any, it raises
-    :class:`InconsistentHeatmap` and the stored row stays as it was."""
-    summary = result.summary
-    bounds = result.bounds
-    row = {
-        "level": result.level,
-        "date": result.date,
-        "grid_size": str(result.grid_size),
-        "matrix": matrix_to_json(result.matrix),
-        "x_min": bounds.x_min if bounds else None,
-        "x_max": bounds.x_max if bounds else None,
-        "y_min": bounds.y_min if bounds else None,
-        "y_max": bounds.y_max if bounds else None,
-        "bounds_source": result.bounds_source,
-        "total": summary["sum"],
-        "max_count": summary["max"],
-        "nonempty_cells": summary["nonempty_cells"],
-        "out_of_bounds": result.out_of_bounds,
-        "updated_at": now,
-    }
+    :class:`InconsistentHeatmap` and the stored rows stay as they were. The kinds share the
+    positions' bounds and grid, and each kind's events are a subset of the positions, so the
+    positions' check covers the binning they all went through."""
+    row = heatmap_row(result, now)
+    kinds = kind_rows(result, now)
     with warehouse.begin() as conn:
         lock_partition(conn, "heatmaps", result.level, result.date)
         problems = verify(conn, row) if verify is not None else []
@@ -270,6 +443,12 @@ def upsert_heatmap(
             )
         conn.execute(heatmaps.delete().where(heatmaps.c.level == result.level, heatmaps.c.date == result.date))
         conn.execute(heatmaps.insert(), [row])
+        # every kind of the (level, date) is replaced: a kind dropped from the configuration goes too
+        conn.execute(
+            heatmap_kinds.delete().where(heatmap_kinds.c.level == result.level, heatmap_kinds.c.date == result.date)
+        )
+        if kinds:
+            conn.execute(heatmap_kinds.insert(), kinds)
 
 
 def read_heatmap(warehouse: sa.Engine, level: str, day: dt.date) -> dict | None:

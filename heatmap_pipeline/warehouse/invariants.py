@@ -18,7 +18,7 @@ from heatmap_pipeline.core.binning import GridBounds, auto_bounds
 from heatmap_pipeline.warehouse.tables import game_events, heatmaps, session_stats
 from heatmap_pipeline.warehouse.source import created_at_value, day_filter, source_events_table
 from heatmap_pipeline.warehouse.etl.writing import partition_counts
-from heatmap_pipeline.warehouse.heatmaps import recorded_position_stats
+from heatmap_pipeline.warehouse.heatmaps import grid_size_text, recorded_position_stats
 
 ERROR, WARN = "ERROR", "WARN"
 
@@ -160,6 +160,7 @@ def heatmap_consistent(
     grid_size: int,
     fixed_bounds: GridBounds | None,
     upstream_written_at: dt.datetime | None = None,
+    grid_y: int | None = None,
 ) -> Invariant:
     """The stored heatmap of (day, level) against ``game_events`` and the configuration.
 
@@ -189,7 +190,7 @@ def heatmap_consistent(
             return Invariant(
                 False, f"level {level} {day}: no row in heatmaps ({total} position events)", {"position_events": total}
             )
-        problems, count_ok, metadata = heatmap_row_verdict(conn, row, day, level, grid_size, fixed_bounds)
+        problems, count_ok, metadata = heatmap_row_verdict(conn, row, day, level, grid_size, fixed_bounds, grid_y)
     updated_at = row["updated_at"]
     stale = upstream_written_at is not None and updated_at is not None and upstream_written_at > updated_at
     if problems or (not count_ok and not stale):
@@ -220,12 +221,20 @@ def _count_problem(metadata: dict) -> str:
 
 
 def heatmap_row_verdict(
-    conn: sa.Connection, row, day: dt.date, level: str, grid_size: int, fixed_bounds: GridBounds | None
+    conn: sa.Connection,
+    row,
+    day: dt.date,
+    level: str,
+    grid_size: int,
+    fixed_bounds: GridBounds | None,
+    grid_y: int | None = None,
 ) -> tuple[list[str], bool, dict]:
     """The consistency rule of one ``heatmaps`` row (stored, or about to be written: a mapping of
     its columns) against the day's recorded position stats read on ``conn`` (see
     :func:`heatmap_consistent`): (its problems other than the count, whether matrix sum +
-    out-of-bounds equals the position events, metadata)."""
+    out-of-bounds equals the position events, metadata). ``grid_size`` x cells by ``grid_y`` y
+    cells (default: square)."""
+    grid_y = grid_size if grid_y is None else grid_y
     stats = recorded_position_stats(conn, day, level)
     total, position_range = (int(stats[0]), stats[1:]) if stats else (0, None)
     stored_bounds = None
@@ -236,14 +245,14 @@ def heatmap_row_verdict(
     matrix = _matrix(row["matrix"])
     shape_ok = (
         isinstance(matrix, list)
-        and len(matrix) == grid_size
+        and len(matrix) == grid_y
         and all(isinstance(r, list) and len(r) == grid_size for r in matrix)
     )
     cells = [c for r in matrix for c in r] if shape_ok else []
     if not shape_ok:
-        problems.append(f"matrix is not {grid_size}x{grid_size}")
-    if str(row["grid_size"]) != str(grid_size):
-        problems.append(f"grid_size column is {row['grid_size']!r}, configuration says {grid_size}")
+        problems.append(f"matrix is not {grid_size}x{grid_y}")  # x cells by y cells
+    if str(row["grid_size"]) != grid_size_text(grid_size, grid_y):
+        problems.append(f"grid_size column is {row['grid_size']!r}, configuration says {grid_size_text(grid_size, grid_y)}")
     bad_cells = [c for c in cells if not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0]
     if bad_cells:
         problems.append(f"{len(bad_cells)} negative or non-finite cell(s), e.g. {bad_cells[0]!r}")
@@ -272,12 +281,14 @@ def heatmap_row_verdict(
     return problems, matrix_sum + out_of_bounds == total, metadata
 
 
-def heatmap_row_check(day: dt.date, level: str, grid_size: int, fixed_bounds: GridBounds | None):
+def heatmap_row_check(
+    day: dt.date, level: str, grid_size: int, fixed_bounds: GridBounds | None, grid_y: int | None = None
+):
     """For ``upsert_heatmap(verify=...)``: every problem of the row about to be written, the count
     included, read in the upsert's own transaction (so a row failing the rule is never written)."""
 
     def problems_of(conn: sa.Connection, row) -> list[str]:
-        problems, count_ok, metadata = heatmap_row_verdict(conn, row, day, level, grid_size, fixed_bounds)
+        problems, count_ok, metadata = heatmap_row_verdict(conn, row, day, level, grid_size, fixed_bounds, grid_y)
         return problems if count_ok else [*problems, _count_problem(metadata)]
 
     return problems_of

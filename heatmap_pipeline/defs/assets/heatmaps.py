@@ -76,8 +76,9 @@ def build_level_heatmaps_asset(
         retry_policy=db_retry_policy(settings),
         automation_condition=heatmap_automation_condition(settings),
         pool=WAREHOUSE_POOL,
-        description=f"Position counts of one level on one UTC day on a {settings.heatmap_grid_size}x"
-        f"{settings.heatmap_grid_size} grid (table heatmaps; matrix rows = y bins, columns = x bins).",
+        description="Counts of one level on one UTC day per heatmap kind (positions, deaths, jumps, ...: "
+        "HEATMAP_LEVELS_FILE), binned in one pass on the level's grid (table heatmap_kinds; positions also "
+        "in the old table heatmaps; matrix rows = y bins, columns = x bins).",
     )
     @reports_database_errors
     def level_heatmaps(context: dg.AssetExecutionContext, warehouse: WarehouseDatabase) -> dg.MaterializeResult:
@@ -87,16 +88,23 @@ def build_level_heatmaps_asset(
         refusal = upstream_gate_message(upstream, level)
         if refusal:
             raise dg.Failure(description=refusal, allow_retries=False)
-        fixed = settings.heatmap_bounds.get(level)
-        verify = invariants.heatmap_row_check(day, level, settings.heatmap_grid_size, fixed)
-        result = compute_heatmap(warehouse.engine(), day, level, settings.heatmap_grid_size, fixed)
+        config = settings.level_config(level)
+        kinds = [settings.heatmap_kinds[name] for name in config.kinds]
+        verify = invariants.heatmap_row_check(day, level, config.grid_x, config.bounds, config.grid_y)
+
+        def compute():
+            return compute_heatmap(
+                warehouse.engine(), day, level, config.grid_x, config.bounds, grid_y=config.grid_y, kinds=kinds
+            )
+
+        result = compute()
         try:
             upsert_heatmap(warehouse.engine(), result, utcnow(), verify)
         except InconsistentHeatmap as refused:
             # An ETL run may have replaced the day between computing and writing: compute once
             # more. Refused again, the heatmap is wrong, not stale: the run fails, nothing written.
             context.log.warning(f"{refused}; computing it once more")
-            result = compute_heatmap(warehouse.engine(), day, level, settings.heatmap_grid_size, fixed)
+            result = compute()
             upsert_heatmap(warehouse.engine(), result, utcnow(), verify)
         summary = result.summary
         bounds = result.bounds.as_list() if result.bounds else None
@@ -113,12 +121,24 @@ def build_level_heatmaps_asset(
                 "position_events": dg.MetadataValue.int(result.points),
                 "out_of_bounds": dg.MetadataValue.int(result.out_of_bounds),
                 "bounds": dg.MetadataValue.json({"x_min_x_max_y_min_y_max": bounds, "source": result.bounds_source}),
-                "grid_size": dg.MetadataValue.int(settings.heatmap_grid_size),
+                "grid_size": dg.MetadataValue.int(config.grid_x),
+                "grid_y": dg.MetadataValue.int(config.grid_y),
                 "game_events_run_id": dg.MetadataValue.text(upstream.run_id),
                 "game_events_materialized_at": dg.MetadataValue.timestamp(
                     upstream.materialized_at.replace(tzinfo=dt.timezone.utc)
                 ),
                 "preview": png_markdown(png, f"heatmap level {level} {day}"),
+                "kinds": dg.MetadataValue.json(
+                    {
+                        name: {**kind.summary, "events": kind.events, "sessions": kind.sessions,
+                               "out_of_bounds": kind.out_of_bounds}
+                        for name, kind in result.kinds.items()
+                    }
+                ),
+                **{
+                    f"sum_{name}": dg.MetadataValue.float(kind.summary["sum"])
+                    for name, kind in result.kinds.items()
+                },
             }
         )
 
@@ -135,8 +155,8 @@ def build_level_heatmaps_checks(
         blocking=True,
         retry_policy=db_retry_policy(settings),
         description="Matrix sum = in-bounds position events of the level and day in game_events; no negative "
-        f"cells; {settings.heatmap_grid_size}x{settings.heatmap_grid_size} grid; "
-        "bounds = HEATMAP_BOUNDS or the day's min/max.",
+        "cells; the level's grid (levels file or HEATMAP_GRID_SIZE); "
+        "bounds = the levels file's or HEATMAP_BOUNDS, else the day's min/max.",
     )
     @reports_database_errors
     def level_heatmaps_matrix_consistent(
@@ -150,15 +170,17 @@ def build_level_heatmaps_checks(
         )
         day, level = keys["date"], keys["level"]
         upstream = latest_materialization(context.instance, GAME_EVENTS, day)
+        config = settings.level_config(level)
         return check_result(
             [
                 invariants.heatmap_consistent(
                     warehouse.engine(),
                     dt.date.fromisoformat(day),
                     level,
-                    settings.heatmap_grid_size,
-                    settings.heatmap_bounds.get(level),
+                    config.grid_x,
+                    config.bounds,
                     utc_from_timestamp(upstream.timestamp) if upstream else None,
+                    grid_y=config.grid_y,
                 )
             ]
         )
