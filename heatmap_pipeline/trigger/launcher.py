@@ -8,11 +8,13 @@ is not loaded (:func:`etl_first_if_needed`) and both use :func:`settle_stage` on
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from typing import Callable
 
+import anyio.to_thread
 import sqlalchemy as sa
 
 from heatmap_pipeline.orchestration import etl_needed_because
@@ -25,6 +27,8 @@ from heatmap_pipeline.settings import Settings
 log = logging.getLogger("heatmap_pipeline.admin")
 ENDPOINT = "admin_api"
 BACKGROUND_DRIVE_SECONDS = 6 * 3600  # after that, admin_trigger_sensor alone moves the request on
+DRIVE_POLL_SECONDS = 0.5  # between two steps of one request, while its runs are in flight
+MAX_DRIVE_STEPS_PER_SECOND = 100  # across every request this process drives (see RequestDrivers._poll_seconds)
 # One launch at a time in this process: two requests for the same partition arriving together
 # must see each other's run (checked, then launched, under this lock) and share it.
 _launch_lock = threading.Lock()
@@ -127,7 +131,7 @@ def drive_until_finished(
     request_id: str,
     timeout: float,
     stop: threading.Event | None = None,
-    poll: float = 0.5,
+    poll: float = DRIVE_POLL_SECONDS,
     unreachable_poll: float = 3.0,
 ) -> TriggerRequest | None:
     """Drive until the request finishes, ``timeout`` seconds pass or ``stop`` is set; returns its latest state."""
@@ -143,8 +147,13 @@ def drive_until_finished(
 
 
 class RequestDrivers:
-    """Drives the admin API's requests: in the caller's thread while it waits for the answer, then
-    in a background thread until the request finishes or ``background_seconds`` pass.
+    """Drives the admin API's requests, each in a background thread of its own until it finishes or
+    ``background_seconds`` pass.
+
+    A caller that waits for the answer (:meth:`answer`) holds no thread while it waits: it awaits
+    a future that the request's background driver resolves when it returns, so any number of
+    waiters leave the server's worker threads free (``/healthz``, the status endpoint). The more
+    requests are driven at once, the less often each one polls Dagster (:meth:`_poll_seconds`).
 
     ``stop`` is set at shutdown: waiting callers answer at once and background drivers stop after
     their current step, so no claim is left half-done by a dying process.
@@ -155,25 +164,55 @@ class RequestDrivers:
         self.engine, self.settings, self.dagster, self.stop = engine, settings, dagster, stop
         self.background_seconds = background_seconds
         self._threads: set[threading.Thread] = set()
+        self._driven: set[str] = set()  # request ids with a background driver
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future]]] = {}
         self._lock = threading.Lock()
 
-    def drive(self, request_id: str, wait_seconds: float) -> TriggerRequest | None:
-        """Drive for up to ``wait_seconds``; an unfinished request goes on in the background. Its latest state."""
-        request = drive_until_finished(self.engine, self.settings, self.dagster, request_id, wait_seconds, self.stop)
-        if request is not None and not request.finished and not self.stop.is_set():
-            self._in_background(request_id)
-        return request
+    async def answer(self, request_id: str, wait_seconds: float) -> TriggerRequest | None:
+        """The request's state after up to ``wait_seconds`` (0: after its first step, e.g. its launch)."""
+        if wait_seconds <= 0 or self.stop.is_set():
+            request = await anyio.to_thread.run_sync(drive, self.engine, self.settings, self.dagster, request_id)
+            if request is not None and not request.finished:
+                self._in_background(request_id)
+            return request
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+        with self._lock:
+            self._waiters.setdefault(request_id, []).append((loop, ended))
+        self._in_background(request_id)
+        try:
+            await asyncio.wait_for(asyncio.shield(ended), wait_seconds)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                waiting = self._waiters.get(request_id, [])
+                if (loop, ended) in waiting:
+                    waiting.remove((loop, ended))
+        return await anyio.to_thread.run_sync(store.get_request, self.engine, request_id)
+
+    def _poll_seconds(self) -> float:
+        # 0.5 s for a few requests; with 200 driven at once each polls every 2 s (100 steps/s in all).
+        return max(DRIVE_POLL_SECONDS, len(self._threads) / MAX_DRIVE_STEPS_PER_SECOND)
 
     def _in_background(self, request_id: str) -> None:
         def run():
             try:
-                drive_until_finished(self.engine, self.settings, self.dagster, request_id, self.background_seconds, self.stop)
+                drive_until_finished(self.engine, self.settings, self.dagster, request_id, self.background_seconds,
+                                     self.stop, poll=self._poll_seconds())
             finally:
                 with self._lock:
                     self._threads.discard(threading.current_thread())
+                    self._driven.discard(request_id)
+                    waiters = self._waiters.pop(request_id, [])
+                for loop, ended in waiters:
+                    loop.call_soon_threadsafe(_resolve, ended)
 
-        thread = threading.Thread(target=run, name=f"admin-request-{request_id}", daemon=True)
         with self._lock:
+            if request_id in self._driven or self.stop.is_set():
+                return
+            thread = threading.Thread(target=run, name=f"admin-request-{request_id}", daemon=True)
+            self._driven.add(request_id)
             self._threads.add(thread)
         thread.start()
 
@@ -183,3 +222,8 @@ class RequestDrivers:
             threads = list(self._threads)
         for thread in threads:
             thread.join(timeout)
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -220,7 +220,7 @@ def build_metrics_router(settings: Settings, engine: sa.Engine, instance_factory
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/healthz", include_in_schema=False)
-    def healthz():
+    async def healthz():  # async: liveness must not queue behind busy worker threads
         return {"status": "ok"}
 
     def check_database() -> str:

@@ -13,6 +13,7 @@ from typing import Annotated
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from heatmap_pipeline.settings import Settings
 from heatmap_pipeline.trigger import store
@@ -78,7 +79,7 @@ def _answer(engine: sa.Engine, ui_url: str, request: store.TriggerRequest, respo
     },
     summary="Run the ETL and/or heatmap jobs for one date now",
 )
-def run_jobs(
+async def run_jobs(
     request: Request,
     response: Response,
     wait: Annotated[bool, Depends(wait_for_runs)],
@@ -90,11 +91,12 @@ def run_jobs(
     """Records the request, launches ETL, waits for it, then the heatmaps of each level. With
     `?wait=false`, answers 202 at once; poll `status_url`."""
     client = client_host(request)
-    trigger = store.create_request(engine, spec, client)
+    trigger = await run_in_threadpool(store.create_request, engine, spec, client)
     partitions = [run.partition_key for stage in spec.tasks for run in stage_runs(settings, trigger, stage)]
     log.info(f"admin trigger {trigger.id}: tasks={list(spec.tasks)} partitions={partitions} client={client} wait={wait}")
-    result = drivers.drive(trigger.id, settings.admin_wait_timeout_seconds if wait else 0)
-    return _answer(engine, drivers.dagster.ui_url, result, response)
+    # Waiting holds no worker thread (RequestDrivers.answer): many waiters never starve /healthz.
+    result = await drivers.answer(trigger.id, settings.admin_wait_timeout_seconds if wait else 0)
+    return await run_in_threadpool(_answer, engine, drivers.dagster.ui_url, result, response)
 
 
 @router.get(
