@@ -1,15 +1,18 @@
 """Helpers for the admin and end-to-end tests: free ports, a real uvicorn server in a thread,
-real subprocesses of ``heatmap-pipeline`` and waiting until they answer."""
+real subprocesses of ``heatmap-pipeline`` and waiting until they answer, Debian's Chromium for Playwright."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import socket
 import subprocess
 import threading
 import time
 
 import httpx
+import pytest
 import uvicorn
 
 
@@ -60,3 +63,26 @@ def stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+CHROMIUM = "/usr/bin/chromium"
+# Flags for a headless Chromium in a container: no sandbox (root), no GPU, nothing fetched in the background.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+def browser_or_skip():
+    """Playwright driving Debian's Chromium (browsers cannot be downloaded here). Without them the
+    test skips and says why; under CI (CI=true) it fails instead."""
+    reason = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        reason = f"playwright is not installed ({exc}); pip install -e '.[test]'"
+    if reason is None and not shutil.which(CHROMIUM):
+        reason = f"no Chromium at {CHROMIUM}; apt-get install -y chromium (.ci/run does)"
+    if reason:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (required under CI)")
+        pytest.skip(reason)
+    return sync_playwright

@@ -56,3 +56,27 @@ def put_old_row(url: str, level: str, date: dt.date, matrix, grid_size: str = "3
     migrate_once(engine)
     with engine.begin() as conn:
         conn.execute(heatmaps.insert().values(level=level, date=date, grid_size=grid_size, matrix=matrix))
+
+
+def level_art(path) -> None:
+    """A stand-in for a level's art: sea at the bottom, land, a road across (opaque RGB)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (400, 200), (64, 120, 190))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, 0, 400, 140], fill=(118, 160, 92))
+    draw.rectangle([0, 90, 400, 104], fill=(190, 180, 150))
+    for x in range(20, 400, 60):
+        draw.rectangle([x, 30, x + 30, 60], fill=(150, 110, 80))
+    image.save(path)
+
+
+def levels_file(directory) -> str:
+    """A levels file naming level 1 "Harbour": bounds 0-100 x 0-50, a 10 x 5 grid, art under the whole level."""
+    level_art(directory / "harbour.png")
+    path = directory / "levels.toml"
+    path.write_text(
+        '[levels.1]\nname = "Harbour"\nbounds = [0, 100, 0, 50]\ngrid = [10, 5]\n'
+        'background = { image = "harbour.png", x_min = 0, x_max = 100, y_min = 0, y_max = 50 }\n'
+    )
+    return str(path)

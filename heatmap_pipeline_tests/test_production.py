@@ -17,6 +17,7 @@ import yaml
 
 from heatmap_pipeline.orchestration import WAREHOUSE_POOL
 from heatmap_pipeline.warehouse.tables import game_events, heatmaps
+from heatmap_pipeline_tests.admin_servers import CHROMIUM, browser_or_skip
 from heatmap_pipeline_tests.prod_stack import DEPLOY, KEY, instance_env, production_stack
 from heatmap_pipeline_tests.support import (
     build_defs,
@@ -238,32 +239,10 @@ def test_readyz_and_metrics_of_the_running_stack(stack):
 
 # --- the Dagster UI in a real browser --------------------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-
-
-def _browser_or_skip():
-    """Playwright driving Debian's Chromium (browsers cannot be downloaded here). Without them the
-    test skips and says why; under CI (CI=true) it fails instead."""
-    import os
-    import shutil
-
-    reason = None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        reason = f"playwright is not installed ({exc}); pip install -e '.[test]'"
-    if reason is None and not shutil.which(CHROMIUM):
-        reason = f"no Chromium at {CHROMIUM}; apt-get install -y chromium (.ci/run does)"
-    if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason} (required under CI)")
-        pytest.skip(reason)
-    return sync_playwright
-
 
 @pytest.mark.slow
 def test_dagster_ui_in_chromium_shows_the_assets_partitions_and_a_heatmap_preview(stack, tmp_path):
-    sync_playwright = _browser_or_skip()
+    sync_playwright = browser_or_skip()
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
     stack.wait_for_runs(stack.scheduled_run_ids)  # today's ETL, written by the scheduled run
     # Today's level-2 heatmap, through the old endpoint (its ETL is loaded, so the heatmap runs alone).

@@ -54,6 +54,8 @@ def test_the_old_contract_byte_for_byte_on_both_databases(db_url, tmp_path):
         bad_date = get(base, "/api/v1/heatmap", {"level": "1", "date": "16-11-2025"})
         absent = get(base, "/api/v1/heatmap", {"level": "1", "date": "2025-11-20"})
         unknown_level = get(base, "/api/v1/heatmap", {"level": "nope", "date": D1.isoformat()})
+        # As the old reader did, the old route ignores a query parameter it does not know (a cache buster).
+        cache_buster = get(base, "/api/v1/heatmap", {"level": "1", "date": D1.isoformat(), "_": "17"})
     # The old three fields come first, serialised as the old reader did; ours follow after a comma.
     assert old_day.status_code == 200 and old_day.content.startswith(old_bytes("1", "2025-11-14", old_matrix)[:-1] + b",")
     assert new_day.status_code == 200
@@ -61,9 +63,11 @@ def test_the_old_contract_byte_for_byte_on_both_databases(db_url, tmp_path):
     assert (bad_date.status_code, bad_date.content) == (400, OLD_DATE_ERROR)
     assert (absent.status_code, absent.content) == (404, OLD_NOT_FOUND)
     assert (unknown_level.status_code, unknown_level.content) == (404, OLD_NOT_FOUND)
+    assert cache_buster.content == old_day.content
     # The old row's extras are derived from its matrix: it has no bounds nor sessions.
     extras = old_day.json()
     assert (extras["grid_x"], extras["grid_y"], extras["total"], extras["bounds"], extras["sessions"]) == (3, 2, 8.0, None, None)
+
 
 
 def test_extra_fields_name_bounds_grid_kind_and_total(server):
@@ -229,6 +233,7 @@ def test_the_listing_filters_by_level_kind_and_days(server):
     newest = get(base, "/api/v1/heatmaps", {"level": "1", "limit": "2"}).json()
     assert [h["date"] for h in newest["heatmaps"]] == ["2025-11-15", "2025-11-16"] and newest["truncated"]
     for params, status in [({"limit": str(10**30)}, 422), ({"limit": "0"}, 422), ({"from": "yesterday"}, 400),
+                           ({"levle": "1"}, 422),
                            ({"kind": "nope"}, 422), ({"from": "2025-11-16", "to": "2025-11-01"}, 422)]:
         assert get(base, "/api/v1/heatmaps", params).status_code == status, params
 
@@ -339,3 +344,17 @@ def hostile_requests(base: str) -> None:
     for name in ("level", "kind", "from", "to", "limit"):
         for value in HOSTILE:
             assert get(base, "/api/v1/heatmaps", {name: value}).status_code < 500, (name, value)
+
+
+def test_a_stored_matrix_not_of_its_recorded_grid_is_a_409_not_a_500(server):
+    import sqlalchemy as sa
+
+    from heatmap_pipeline.warehouse.db import get_engine
+    from heatmap_pipeline.warehouse.tables import heatmap_kinds
+
+    base, url = server
+    put_kind(url, "1", D3, "positions", np.ones((3, 3)))
+    with get_engine(url).begin() as conn:  # a row edited by hand: 3 x 3 cells claimed, 2 x 2 stored
+        conn.execute(sa.update(heatmap_kinds).values(matrix=[[1.0, 1.0], [1.0, 1.0]]))
+    response = get(base, "/api/v1/heatmap", {"level": "1", "date": "2025-11-16", "smooth": "1"})
+    assert response.status_code == 409 and "re-materialize" in response.json()["detail"]

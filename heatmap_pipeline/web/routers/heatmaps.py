@@ -15,12 +15,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from heatmap_pipeline.core.combine import (
     MAX_SMOOTH_SIGMA,
@@ -34,7 +34,7 @@ from heatmap_pipeline.core.combine import (
 from heatmap_pipeline.settings import Settings
 from heatmap_pipeline.warehouse.heatmap_reads import POSITIONS, StoredHeatmap, read_heatmaps
 from heatmap_pipeline.web.auth import UNAUTHORIZED, authenticated_key
-from heatmap_pipeline.web.deps import SettingsDep, WarehouseDep, client_host
+from heatmap_pipeline.web.deps import SettingsDep, WarehouseDep, client_host, known_query_only
 
 log = logging.getLogger("heatmap_pipeline.admin")
 
@@ -55,6 +55,12 @@ UNITS = {"none": "events", "share": "share of events", "per_session": "events pe
 
 class ErrorDetail(BaseModel):
     detail: str
+
+
+class BadParameter(BaseModel):
+    """422: our own checks say it in a sentence; FastAPI's type checks list each parameter (loc, msg)."""
+
+    detail: str | list[dict[str, Any]]
 
 
 def require_read_access(request: Request, settings: SettingsDep) -> None:
@@ -291,12 +297,14 @@ class HeatmapAnswer(BaseModel):
     grid_y: int
     bounds: dict[str, float] | None
     bounds_source: str | None
-    total: float
+    from_: str = Field(alias="from", description="first day read (the date itself for one day)")
+    to: str = Field(description="last day read")
+    days: list[str] = Field(description="the days found and summed")
+    missing_days: list[str] = Field(description="days of the range with no stored heatmap (not counted)")
+    total: float = Field(description="events of the kind in bounds over the days (before normalisation)")
     out_of_bounds: int
     events: int | None
-    sessions: int | None
-    days: list[str]
-    missing_days: list[str]
+    sessions: int | None = Field(description="distinct sessions per day, summed; null for days read from the old table")
     normalize: str
     smooth: float
     units: str
@@ -317,7 +325,7 @@ class HeatmapAnswer(BaseModel):
                404: {"model": ErrorDetail, "description": f"No stored heatmap: {NOT_FOUND}"},
                409: {"model": ErrorDetail, "description": "Days binned with different bounds or grids (named), "
                                                           "or per_session over days without a sessions count"},
-               422: {"model": ErrorDetail, "description": "A bad parameter, named"}},
+               422: {"model": BadParameter, "description": "A bad parameter, named"}},
     summary="A level's heatmap matrix for a day or a range of days (the old reader's contract)",
 )
 def get_heatmap(
@@ -348,11 +356,14 @@ def get_heatmap(
     return JSONResponse(_answer(read, date_text, as_stored))
 
 
+# The new routes refuse a query parameter they do not take (a typo would be ignored silently); the old
+# reader's route ignores them, as the old reader did.
 @router.get(
     "/api/v1/heatmaps",
+    dependencies=[Depends(known_query_only)],
     summary="List the stored heatmaps (no matrices)",
     responses={400: {"model": ErrorDetail, "description": "A date that does not parse, named"},
-               422: {"model": ErrorDetail, "description": "A bad parameter, named"}},
+               422: {"model": BadParameter, "description": "A bad parameter, named"}},
 )
 def list_heatmaps(
     engine: WarehouseDep,
