@@ -65,6 +65,12 @@ def ensure_warehouse_schema(engine: sa.Engine) -> None:
         for name in ("heatmaps", "leaderboard_aggregates", "admin_trigger_requests"):
             if name in old_tables:
                 _add_missing_columns(conn, metadata.tables[name])
+        if "quarantined_events" in old_tables:  # create_all adds no index to an existing table
+            conn.execute(
+                sa.text(
+                    "CREATE INDEX IF NOT EXISTS ix_quarantined_events_source_id ON quarantined_events (partition_date, source_event_id)"
+                )
+            )
         if "heatmaps" in old_tables:
             # An old table may lack the unique (level, date) our upsert relies on.
             conn.execute(sa.text("CREATE UNIQUE INDEX IF NOT EXISTS uq_heatmaps_level_date_idx ON heatmaps (level, date)"))

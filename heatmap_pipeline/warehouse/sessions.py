@@ -236,10 +236,9 @@ def mark_day_for_rebuild(conn: sa.Connection, day: dt.date) -> None:
     conn.execute(session_stats_pending.insert().values(event_date=day, session_id=WHOLE_DAY, event_id=""))
 
 
-def record_pending_sessions(conn: sa.Connection, day: dt.date, added: list[tuple[str, str]], lost: set[str]) -> None:
-    """In the ETL tick's transaction: the (session, event id) of each added row, and the sessions
-    that lost a row (summed again from game_events)."""
+def pending_rows(day: dt.date, added: list[tuple[str, str]], lost: set[str]) -> list[dict]:
+    """The ``session_stats_pending`` rows an ETL tick writes in its transaction: the (session,
+    event id) of each added row, and the sessions that lost a row (summed again from game_events)."""
     rows = [{"event_date": day, "session_id": session, "event_id": event} for session, event in added]
     rows += [{"event_date": day, "session_id": session, "event_id": WHOLE_SESSION} for session in sorted(lost)]
-    if rows:
-        conn.execute(session_stats_pending.insert(), rows)
+    return rows

@@ -98,6 +98,8 @@ quarantined_events = sa.Table(
     sa.Column("raw_row", sa.Text, nullable=False, comment="the source row as JSON text"),
     sa.Column("quarantined_at", sa.DateTime(timezone=False), nullable=False),
     sa.Index("ix_quarantined_events_partition", "partition_date", "reason"),
+    # an incremental tick looks up the ids that arrived (warehouse/etl/incremental.py)
+    sa.Index("ix_quarantined_events_source_id", "partition_date", "source_event_id"),
 )
 
 session_stats = sa.Table(

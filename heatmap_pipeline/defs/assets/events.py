@@ -72,7 +72,7 @@ def build_game_events_asset(settings: Settings, partitions: dg.PartitionsDefinit
         tick = is_incremental_run(context.run.tags)
         overlap = dt.timedelta(seconds=settings.etl_incremental_overlap_seconds)
         totals = {"extracted": 0, "clean": 0, "quarantined": 0}
-        this_load = {"extracted": 0, "clean": 0, "quarantined": 0}
+        this_load = {"extracted": 0, "clean": 0, "quarantined": 0, "already_loaded": 0}
         reasons: dict[str, int] = {}
         methods, modes, full_reasons, watermarks = set(), set(), [], {}
         positions: dict[str, int] = {}
@@ -119,6 +119,7 @@ def build_game_events_asset(settings: Settings, partitions: dg.PartitionsDefinit
             "rows_extracted_this_load": dg.MetadataValue.int(this_load["extracted"]),
             "rows_clean_this_load": dg.MetadataValue.int(this_load["clean"]),
             "rows_quarantined_this_load": dg.MetadataValue.int(this_load["quarantined"]),
+            "rows_already_loaded_this_load": dg.MetadataValue.int(this_load["already_loaded"]),
             "created_at_watermark": dg.MetadataValue.json(watermarks),
             "source": source.display_url,
             "demo_data": settings.demo_mode,

@@ -38,6 +38,7 @@ class EtlResult:
     load_mode: str = "full"  # or "incremental" (warehouse/etl/incremental.py)
     watermark: dt.datetime | None = None  # the day's created_at watermark after this load
     full_reason: str = ""  # a run that asked for an incremental load: why it loaded the day in full
+    already_loaded: int = 0  # incremental: rows of the window the day already held as they are
 
     @property
     def reconciled(self) -> bool:
