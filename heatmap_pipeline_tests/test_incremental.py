@@ -210,6 +210,7 @@ def test_a_scheduled_tick_loads_incrementally_and_a_plain_run_in_full(dialect, t
         assert events["rows_extracted"].value == 6 and events["dagster/row_count"].value == 6  # the day
         assert events["created_at_watermark"].value == {key: (today - dt.timedelta(seconds=5)).isoformat()}
         assert sessions["load_mode"].value == "incremental"
+        assert (sessions["dagster/row_count"].value, sessions["sessions_written"].value, sessions["events_summed"].value) == (1, 1, 6)
         with source.connect() as conn:
             assert conn.execute(sa.select(session_stats.c.event_count)).scalar_one() == 6
             assert conn.execute(sa.select(leaderboard_aggregates.c.event_count)).scalar_one() == 6
@@ -228,3 +229,51 @@ def test_the_schedule_tags_its_runs_as_ticks(sqlite_url, monkeypatch):
         )
         requests = schedule.evaluate_tick(context).run_requests
     assert len(requests) == 2 and all(r.tags[LOAD_MODE_TAG] == INCREMENTAL for r in requests)
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_failed_tick_leaves_every_table_and_the_watermark_as_they_were(dialect, tmp_path, monkeypatch):
+    from heatmap_pipeline.warehouse.etl import incremental
+
+    with _databases(dialect, tmp_path, 1) as (url,):
+        source = _new_source(url)
+        ensure_warehouse_schema(source)
+        _insert(source, [event(at(9, i), {"x": i, "y": i, "level": 1}, id=100 + i, created_at=at(9, i)) for i in range(5)])
+        _load(source, source, tick=True)
+        before = warehouse_tables(source)
+        with source.connect() as conn:
+            mark = conn.execute(sa.select(etl_watermarks)).all()
+        # an arrival that replaces a held id and adds a new one, then a failure after the deletes
+        _insert(source, [event(at(9, 4, 1), {"x": 9, "y": 9, "level": 2}, id=104, created_at=at(9, 3, 59)),
+                         event(at(9, 6), {"x": 6, "y": 6, "level": 1}, id=106, created_at=at(9, 6))])
+
+        def fail(*args, **kwargs):
+            raise RuntimeError("disk full")
+
+        monkeypatch.setattr(incremental, "_update_position_stats", fail)
+        with pytest.raises(RuntimeError, match="disk full"):
+            _load(source, source, tick=True)
+        assert warehouse_tables(source) == before
+        with source.connect() as conn:
+            assert conn.execute(sa.select(etl_watermarks)).all() == mark
+        monkeypatch.undo()
+        result = _load(source, source, tick=True)  # the next tick loads what the failed one did not
+        assert (result.load_mode, result.clean) == ("incremental", 2)
+        with source.connect() as conn:
+            assert conn.execute(sa.select(game_events.c.x).where(game_events.c.event_id == "104")).scalar_one() == 9
+
+
+def test_a_row_committed_later_than_the_overlap_fails_the_reconciliation_until_a_full_load(sqlite_url):
+    from heatmap_pipeline.warehouse.invariants import game_events_reconciled
+
+    source = _new_source(sqlite_url)
+    ensure_warehouse_schema(source)
+    _insert(source, [event(at(12), {"x": 1, "y": 1}, created_at=at(12))])
+    _load(source, source, tick=True)
+    _insert(source, [event(at(11), {"x": 2, "y": 2}, created_at=at(11))])  # an hour older than the watermark
+    result = _load(source, source, tick=True)
+    assert (result.extracted, result.already_loaded) == (0, 1)  # the overlap re-reads the 12:00 row only
+    check = game_events_reconciled(source, source, DAY, NOW, RULES.partition_start)
+    assert not check.passed and "1 source row(s) of the day are neither clean nor quarantined" in check.description
+    assert _load(source, source, tick=False).clean == 2  # a backfill or Materialize picks it up
+    assert game_events_reconciled(source, source, DAY, NOW, RULES.partition_start).passed

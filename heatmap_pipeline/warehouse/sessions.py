@@ -24,9 +24,10 @@ WHOLE_DAY, WHOLE_SESSION = "*", ""  # session_stats_pending markers: rebuild the
 
 @dataclass
 class SessionResult:
-    sessions: int
-    events: int
+    sessions: int  # session rows written
+    events: int  # their events
     leaderboard_rows: int
+    day_sessions: int  # session rows the day holds afterwards
 
 
 def _session_key():
@@ -191,7 +192,7 @@ def _replace_day(conn: sa.Connection, day: dt.date, now: dt.datetime) -> Session
         conn.execute(session_stats.insert(), rows)
     conn.execute(session_stats_pending.delete().where(session_stats_pending.c.event_date == day))
     inserted = _refresh_leaderboard(conn, {r["session_id"] for r in rows}, now)
-    return SessionResult(sessions=len(rows), events=sum(r["event_count"] for r in rows), leaderboard_rows=inserted)
+    return SessionResult(len(rows), sum(r["event_count"] for r in rows), inserted, day_sessions=len(rows))
 
 
 def replace_session_partition(warehouse: sa.Engine, day: dt.date, now: dt.datetime) -> SessionResult:
@@ -226,7 +227,10 @@ def update_session_partition(warehouse: sa.Engine, day: dt.date, now: dt.datetim
             conn.execute(session_stats.insert(), rows)
         conn.execute(pending.delete().where(pending.c.event_date == day))
         inserted = _refresh_leaderboard(conn, set(touched), now)
-    return SessionResult(sessions=len(rows), events=sum(r["event_count"] for r in rows), leaderboard_rows=inserted)
+        day_sessions = conn.execute(
+            sa.select(sa.func.count()).select_from(session_stats).where(session_stats.c.event_date == day)
+        ).scalar_one()
+    return SessionResult(len(rows), sum(r["event_count"] for r in rows), inserted, day_sessions=int(day_sessions))
 
 
 def mark_day_for_rebuild(conn: sa.Connection, day: dt.date) -> None:
