@@ -228,3 +228,14 @@ def test_the_asset_writes_the_kinds_of_the_levels_file(monkeypatch, sqlite_url, 
     metadata = result.asset_materializations_for_node("level_heatmaps")[0].metadata
     assert {metadata[f"sum_{k}"].value for k in ("positions", "deaths", "deaths_build_42")} == {4.0, 2.0, 1.0}
     assert metadata["kinds"].value["deaths"]["events"] == 3
+    # a preview per kind, in the level's world: 100 wide, 50 high
+    import base64
+    import re
+
+    from heatmap_pipeline.core.render import plot_geometry
+
+    for key in ("preview", "preview_deaths", "preview_deaths_build_42"):
+        encoded = re.search(r"base64,([A-Za-z0-9+/=]+)\)", metadata[key].value).group(1)
+        (left, top, right, bottom), bounds = plot_geometry(base64.b64decode(encoded))
+        assert bounds == GridBounds(0, 100, 0, 50)
+        assert (right - left) / (bottom - top) == pytest.approx(2.0, rel=0.03)

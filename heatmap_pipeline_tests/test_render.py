@@ -1,41 +1,159 @@
+"""core/render.py: PNGs decoded with Pillow and checked - size, aspect ratio, transparent empty
+cells, the hottest cell where the data puts it, the background visible under empty cells, the
+scales and the diverging map."""
+
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from heatmap_pipeline.core.render import colorize, render_heatmap_png
+from heatmap_pipeline.core.binning import GridBounds
+from heatmap_pipeline.core.levels import Background
+from heatmap_pipeline.core.render import plot_geometry, render_heatmap_png, world_to_pixel
+
+LEVEL_3 = GridBounds(0, 197, 1, 115)  # the issue's example: 1.7 times wider than high
 
 
-def test_png_decodes_and_scales_with_grid():
-    matrix = np.zeros((50, 50))
-    matrix[0, 0] = 10
-    png = render_heatmap_png(matrix, title="level 1", bounds=[0, 100, 0, 100])
+def decode(png: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(png))
     assert image.format == "PNG"
-    # 8 px per cell (400 // 50) plus the margins: 60 left, 70 colour bar; 28 top, 34 bottom
-    assert image.size == (60 + 50 * 8 + 70, 28 + 50 * 8 + 34)
-    rgb = image.convert("RGB")
-    assert sum(rgb.getpixel((60 + 4, 28 + 49 * 8 + 4))) > 600  # the one hot cell: lowest x, lowest y
-    assert rgb.getpixel((60 + 49 * 8 + 4, 28 + 4)) == (0, 0, 4)  # highest x, highest y: empty
+    return image.convert("RGBA")
 
 
-def test_lowest_y_bin_is_drawn_at_the_bottom():
-    matrix = np.zeros((2, 2))
-    matrix[0, 0] = 1  # lowest y, lowest x
-    image = Image.open(io.BytesIO(render_heatmap_png(matrix, cell_px=100))).convert("RGB")
-    # grid starts at (60, 28): the bottom-left cell is hot (bright), the top-left cell empty (black)
-    bottom_left = image.getpixel((60 + 50, 28 + 150))
-    top_left = image.getpixel((60 + 50, 28 + 50))
-    assert sum(bottom_left) > 600 and top_left == (0, 0, 4)
+def cell_centre(bounds: GridBounds, shape, row: int, col: int) -> tuple[float, float]:
+    rows, cols = shape
+    x = bounds.x_min + (col + 0.5) * (bounds.x_max - bounds.x_min) / cols
+    y = bounds.y_min + (row + 0.5) * (bounds.y_max - bounds.y_min) / rows
+    return x, y
 
 
-def test_empty_matrix_renders_every_cell_empty_without_dividing_by_zero():
-    image = Image.open(io.BytesIO(render_heatmap_png(np.zeros((3, 3)), cell_px=10))).convert("RGB")
-    assert image.size == (60 + 30 + 70, 28 + 30 + 34)
-    cells = {image.getpixel((60 + x, 28 + y)) for x in range(30) for y in range(30)}
-    assert cells == {(0, 0, 4)}  # no NaN colours, no hot cell
+def hottest_pixel(image: Image.Image, box) -> tuple[int, int]:
+    """The brightest opaque pixel of the plot area (inferno's hot end is pale yellow)."""
+    left, top, right, bottom = box
+    rgba = np.asarray(image)[top:bottom, left:right].astype(int)
+    brightness = np.where(rgba[..., 3] > 200, rgba[..., :3].sum(axis=2), -1)
+    row, col = np.unravel_index(np.argmax(brightness), brightness.shape)
+    return left + col, top + row
 
 
-def test_colorize_ends_of_the_ramp():
-    assert colorize(np.array([0.0])).tolist() == [[0, 0, 4]]
-    assert colorize(np.array([1.0])).tolist() == [[252, 255, 164]]
+def test_size_and_aspect_follow_the_world_bounds():
+    matrix = np.ones((50, 50))
+    png = render_heatmap_png(matrix, bounds=LEVEL_3, title="level 3", width_px=640)
+    image = decode(png)
+    (left, top, right, bottom), bounds = plot_geometry(png)
+    assert image.width == 640 and bounds == LEVEL_3
+    ratio = (right - left) / (bottom - top)
+    assert ratio == pytest.approx(197 / 114, rel=0.02)  # not a square: the level's own shape
+    tall = plot_geometry(render_heatmap_png(matrix, bounds=GridBounds(0, 50, 0, 100), width_px=640))[0]
+    assert (tall[3] - tall[1]) / (tall[2] - tall[0]) == pytest.approx(2.0, rel=0.02)
+
+
+def test_the_hottest_cell_is_where_the_data_puts_it_with_y_upwards():
+    matrix = np.zeros((20, 30))
+    matrix[16, 4] = 50  # high y, low x
+    matrix[2, 25] = 3  # low y, high x
+    png = render_heatmap_png(matrix, bounds=LEVEL_3, scale="linear")
+    image = decode(png)
+    box, _ = plot_geometry(png)
+    x, y = hottest_pixel(image, box)
+    expected = world_to_pixel(png, *cell_centre(LEVEL_3, matrix.shape, 16, 4))
+    cell_w = (box[2] - box[0]) / 30
+    cell_h = (box[3] - box[1]) / 20
+    assert abs(x - expected[0]) <= cell_w and abs(y - expected[1]) <= cell_h
+    assert y < (box[1] + box[3]) / 2  # high y is drawn in the upper half
+
+
+def test_empty_cells_are_transparent_and_the_margins_white():
+    matrix = np.zeros((10, 10))
+    matrix[5, 5] = 7
+    png = render_heatmap_png(matrix, bounds=GridBounds(0, 10, 0, 10))
+    image = decode(png)
+    empty = world_to_pixel(png, 1.5, 8.5)
+    full = world_to_pixel(png, 5.5, 5.5)
+    assert image.getpixel(empty)[3] == 0
+    assert image.getpixel(full)[3] == 255
+    assert image.getpixel((2, 2)) == (255, 255, 255, 255)
+
+
+def test_the_background_is_visible_under_empty_cells(tmp_path):
+    art = tmp_path / "art.png"
+    # left half green, right half blue, in world x 0-100: the image's own corners
+    pixels = np.zeros((50, 100, 3), dtype=np.uint8)
+    pixels[:, :50] = (0, 160, 0)
+    pixels[:, 50:] = (0, 0, 200)
+    Image.fromarray(pixels).save(art)
+    background = Background(art, 0, 100, 0, 50)
+    matrix = np.zeros((5, 10))
+    matrix[2, 8] = 4  # a hot cell over the blue half
+    png = render_heatmap_png(matrix, bounds=GridBounds(0, 100, 0, 50), background=background)
+    image = decode(png)
+    r, g, b, a = image.getpixel(world_to_pixel(png, 20, 40))  # an empty cell over the green half
+    assert a == 255 and g > 140 and r < 20 and b < 20
+    r, g, b, a = image.getpixel(world_to_pixel(png, 70, 10))  # an empty cell over the blue half
+    assert a == 255 and b > 180 and r < 20 and g < 20
+    r, g, b, a = image.getpixel(world_to_pixel(png, 85, 25))  # the hot cell covers the art
+    assert r > 150
+
+
+def test_a_background_placed_by_its_corners_inside_larger_bounds(tmp_path):
+    art = tmp_path / "art.png"
+    Image.new("RGB", (10, 10), (200, 0, 0)).save(art)
+    png = render_heatmap_png(
+        np.zeros((4, 4)), bounds=GridBounds(0, 40, 0, 40), background=Background(art, 10, 20, 10, 20)
+    )
+    image = decode(png)
+    assert image.getpixel(world_to_pixel(png, 15, 15))[:3] == (200, 0, 0)
+    assert image.getpixel(world_to_pixel(png, 30, 30))[3] == 0  # outside the art: nothing drawn
+
+
+@pytest.mark.parametrize("scale", ["linear", "sqrt", "log"])
+def test_scales_order_the_colours_by_count(scale):
+    matrix = np.zeros((1, 3))
+    matrix[0] = [1, 10, 100]
+    png = render_heatmap_png(matrix, bounds=GridBounds(0, 3, 0, 1), scale=scale)
+    image = decode(png)
+    brightness = [sum(image.getpixel(world_to_pixel(png, x + 0.5, 0.5))[:3]) for x in range(3)]
+    assert brightness[0] < brightness[1] < brightness[2]
+    if scale == "log":  # log spreads 1, 10, 100 evenly; linear squeezes 1 and 10 together
+        linear = decode(render_heatmap_png(matrix, bounds=GridBounds(0, 3, 0, 1), scale="linear"))
+        lin = [sum(linear.getpixel(world_to_pixel(png, x + 0.5, 0.5))[:3]) for x in range(3)]
+        assert brightness[1] - brightness[0] > lin[1] - lin[0]
+
+
+def test_diverging_is_symmetric_around_zero_and_zero_is_transparent():
+    import matplotlib
+
+    matrix = np.array([[-5.0, 0.0, 2.5, 5.0]])
+    png = render_heatmap_png(matrix, bounds=GridBounds(0, 4, 0, 1), diverging=True, scale="linear",
+                             colorbar_label="difference")
+    image = decode(png)
+    pixels = [image.getpixel(world_to_pixel(png, x + 0.5, 0.5)) for x in range(4)]
+    reference = matplotlib.colormaps["RdBu_r"]
+    # -5 and +5 at the two ends of the map, +2.5 half-way from the middle (0) to the red end
+    for pixel, position in ((pixels[0], 0.0), (pixels[2], 0.75), (pixels[3], 1.0)):
+        expected = [round(c * 255) for c in reference(position)[:3]]
+        assert all(abs(p - e) <= 3 for p, e in zip(pixel[:3], expected)), (pixel, expected)
+    assert pixels[0][2] > pixels[0][0] and pixels[3][0] > pixels[3][2]  # blue below zero, red above
+    assert pixels[1][3] == 0
+
+
+def test_an_empty_matrix_and_no_bounds_still_render():
+    png = render_heatmap_png(np.zeros((3, 4)), bounds=None)
+    image = decode(png)
+    (left, top, right, bottom), bounds = plot_geometry(png)
+    assert bounds == GridBounds(0, 4, 0, 3)  # cell indices
+    assert np.asarray(image)[top + 2:bottom - 2, left + 2:right - 2, 3].max() == 0  # every cell empty
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"scale": "cubic"}, "scale must be one of linear, sqrt, log"),
+        ({"width_px": 50}, "width_px must be at least 200"),
+        ({"bounds": GridBounds(5, 5, 0, 1)}, "x_min < x_max"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        render_heatmap_png(np.ones((2, 2)), **{"bounds": GridBounds(0, 1, 0, 1), **kwargs})
