@@ -85,6 +85,52 @@ def measure(name: str):
     phase.peak_rss_mb = _status_kb("VmHWM") / 1024
 
 
+def load_average() -> str:
+    """The machine's load (1, 5, 15 minutes) as ``uptime`` reports it: the machine is shared."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# Statement kinds for the split of the ETL's time: the first pattern a statement matches names it.
+_STATEMENT_KINDS = [
+    ("clean insert (INSERT ... SELECT, classify + insert clean rows + residue)", r"^\s*WITH source_day AS|^\s*WITH RECURSIVE|^\s*WITH src AS"),
+    ("primary key build", r"ADD PRIMARY KEY"),
+    ("index build", r"^CREATE INDEX"),
+    ("COPY (residue / Python path rows)", r"^COPY"),
+    ("VACUUM / ANALYZE of the new partition", r"^(VACUUM|ANALYZE)"),
+    ("swap (lock, drop, attach)", r"LOCK TABLE|DROP TABLE|ATTACH PARTITION|DELETE FROM game_events_default"),
+    ("residue read (Python cleaner input)", r"FROM etl_residue|NOT EXISTS \(\s*SELECT 1 FROM game_events g"),
+    ("stage table create", r"^\s*CREATE TABLE game_events_"),
+    ("SQLite delete / insert of the day", r"^(DELETE FROM game_events|INSERT INTO game_events )"),
+]
+
+
+@contextmanager
+def statement_split(url: str):
+    """Seconds per statement kind executed through our engine while the block runs (the driver
+    call itself; Python time between statements, e.g. the cleaner on the residue, is the rest)."""
+    from heatmap_pipeline.warehouse.db import get_engine
+
+    engine = get_engine(url)
+    split: dict[str, float] = {}
+    starts: list[float] = []
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        starts.append(time.perf_counter())
+
+    def after(conn, cursor, statement, parameters, context, executemany):
+        seconds = time.perf_counter() - starts.pop()
+        kind = next((name for name, pattern in _STATEMENT_KINDS if re.search(pattern, statement, re.I | re.M)), "other statements")
+        split[kind] = split.get(kind, 0.0) + seconds
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    sa.event.listen(engine, "after_cursor_execute", after)
+    try:
+        yield split
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", before)
+        sa.event.remove(engine, "after_cursor_execute", after)
+
+
 def parse_size(text: str) -> int:
     text = text.strip().lower()
     factor = {"k": 1_000, "m": 1_000_000}.get(text[-1], 1)
@@ -101,28 +147,41 @@ def label(n: int) -> str:
 # The malformed rows are ones the old job also ignored (level filter, to_numeric coercion),
 # so both sides bin exactly the same points.
 
-_PG_GENERATE = """
+# Ids are uuids, as in the old system (PostgreSQL: md5 of the row number, so random order like
+# uuid4; SQLite, which has no uuid type, the same shape as text). Users and sessions too.
+_PG_GENERATE = [
+    "INSERT INTO users (id) SELECT CAST(md5('u' || u) AS uuid) FROM generate_series(0, 996) AS u",
+    """INSERT INTO sessions (id) SELECT CAST(md5('s' || s) AS uuid)
+       FROM generate_series(0, CAST(:n AS bigint) / 200) AS s""",
+    """
 INSERT INTO events (id, user_id, session_id, event_type, event_name, event_category, payload, "timestamp", created_at)
-SELECT i, 'user-' || (i % 997), 'sess-' || (i / 200),
+SELECT CAST(md5('e' || i) AS uuid), CAST(md5('u' || (i % 997)) AS uuid), CAST(md5('s' || (i / 200)) AS uuid),
        CASE WHEN k < 90 OR k >= 98 THEN 'move' ELSE 'score' END,
        CASE WHEN k < 90 OR k >= 98 THEN 'move' ELSE 'score' END,
-       'bench',
+       'gameplay',
        CAST(CASE
          WHEN k < 90 AND i % 1000 = 7 THEN '{"x": ' || round((a % 100000) / 1000.0, 3) || ', "level": ' || (1 + i % 3) || '}'
          WHEN k < 90 AND i % 100 = 3 THEN '{"x": "' || round((a % 100000) / 1000.0, 3) || '", "y": ' || round((b % 80000) / 1000.0, 3) || ', "level": ' || (1 + i % 3) || '}'
          WHEN k < 90 OR k = 99 THEN '{"x": ' || round((a % 100000) / 1000.0 * (1 + i % 3), 3) || ', "y": ' || round((b % 80000) / 1000.0, 3) || ', "level": ' || (1 + i % 3) || '}'
          WHEN k = 98 THEN '{"x": 1.5, "y": 2.5, "level": 9}'
          ELSE '{"score": ' || (a % 5000) || ', "level": ' || (1 + i % 3) || '}'
-       END AS json),
+       END AS {payload_type}),
        ts, ts
 FROM (
     SELECT i, (i * 48271) % 2147483647 AS a, (i * 69621) % 2147483647 AS b, i % 100 AS k,
            TIMESTAMPTZ '2025-06-01 00:00:00+00' + ((i - 1) * 86400 / :n) * INTERVAL '1 second' AS ts
     FROM generate_series(CAST(1 AS bigint), CAST(:n AS bigint)) AS i
 ) g
-"""
+""",
+]
 
-_SQLITE_GENERATE = """
+# A uuid-shaped text from an integer (SQLite has neither uuid nor md5): 36 characters, scattered.
+_SQLITE_UUID = (
+    "printf('%08x-%04x-4%03x-a%03x-%012x', ({v} * 2654435761) % 4294967296, ({v} * 40503) % 65536, "
+    "({v} * 2053) % 4096, ({v} * 1597) % 4096, ({v} * 11400714819323198485) % 281474976710656)"
+)
+
+_SQLITE_GENERATE = f"""
 WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n),
 g AS (
     SELECT i, (i * 48271) % 2147483647 AS a, (i * 69621) % 2147483647 AS b, i % 100 AS k,
@@ -130,32 +189,56 @@ g AS (
     FROM s
 )
 INSERT INTO events (id, user_id, session_id, event_type, event_name, event_category, payload, "timestamp", created_at)
-SELECT i, 'user-' || (i % 997), 'sess-' || (i / 200),
+SELECT {_SQLITE_UUID.format(v="i")}, {_SQLITE_UUID.format(v="(i % 997)")}, {_SQLITE_UUID.format(v="(i / 200)")},
        CASE WHEN k < 90 OR k >= 98 THEN 'move' ELSE 'score' END,
        CASE WHEN k < 90 OR k >= 98 THEN 'move' ELSE 'score' END,
-       'bench',
+       'gameplay',
        CASE
-         WHEN k < 90 AND i % 1000 = 7 THEN '{"x": ' || printf('%.3f', (a % 100000) / 1000.0) || ', "level": ' || (1 + i % 3) || '}'
-         WHEN k < 90 AND i % 100 = 3 THEN '{"x": "' || printf('%.3f', (a % 100000) / 1000.0) || '", "y": ' || printf('%.3f', (b % 80000) / 1000.0) || ', "level": ' || (1 + i % 3) || '}'
-         WHEN k < 90 OR k = 99 THEN '{"x": ' || printf('%.3f', (a % 100000) / 1000.0 * (1 + i % 3)) || ', "y": ' || printf('%.3f', (b % 80000) / 1000.0) || ', "level": ' || (1 + i % 3) || '}'
-         WHEN k = 98 THEN '{"x": 1.5, "y": 2.5, "level": 9}'
-         ELSE '{"score": ' || (a % 5000) || ', "level": ' || (1 + i % 3) || '}'
+         WHEN k < 90 AND i % 1000 = 7 THEN '{{"x": ' || printf('%.3f', (a % 100000) / 1000.0) || ', "level": ' || (1 + i % 3) || '}}'
+         WHEN k < 90 AND i % 100 = 3 THEN '{{"x": "' || printf('%.3f', (a % 100000) / 1000.0) || '", "y": ' || printf('%.3f', (b % 80000) / 1000.0) || ', "level": ' || (1 + i % 3) || '}}'
+         WHEN k < 90 OR k = 99 THEN '{{"x": ' || printf('%.3f', (a % 100000) / 1000.0 * (1 + i % 3)) || ', "y": ' || printf('%.3f', (b % 80000) / 1000.0) || ', "level": ' || (1 + i % 3) || '}}'
+         WHEN k = 98 THEN '{{"x": 1.5, "y": 2.5, "level": 9}}'
+         ELSE '{{"score": ' || (a % 5000) || ', "level": ' || (1 + i % 3) || '}}'
        END,
        ts, ts
 FROM g
 """
 
+# SQLite: the old system's columns and indexes, with text ids (no uuid type) and text times.
+_SQLITE_SCHEMA = [
+    """CREATE TABLE events (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, session_id TEXT, event_type VARCHAR(100) NOT NULL,
+       event_name VARCHAR(255) NOT NULL, event_category VARCHAR(100), payload JSON NOT NULL,
+       "timestamp" DATETIME NOT NULL, created_at DATETIME NOT NULL)""",
+    *(
+        f'CREATE INDEX ix_events_{name} ON events ("{name}")'
+        for name in ("id", "user_id", "session_id", "event_type", "event_category", "timestamp")
+    ),
+]
 
-def generate_day(url: str, n: int) -> None:
+
+def generate_day(url: str, n: int, payload_type: str = "json") -> None:
+    """The old system's events table (PostgreSQL: ``source.old_system_source_ddl``), one day of
+    ``n`` events, its indexes built after the rows (as a long-lived table has them), analyzed."""
     from heatmap_pipeline.warehouse.db import get_engine
-    from heatmap_pipeline.warehouse.migrations import ensure_source_schema
+    from heatmap_pipeline.warehouse.source import old_system_source_ddl
 
     engine = get_engine(url)
-    ensure_source_schema(engine)  # events + its timestamp index
+    pg = engine.dialect.name == "postgresql"
+    ddl = old_system_source_ddl(payload_type) if pg else _SQLITE_SCHEMA
+    tables = [d for d in ddl if not d.startswith("CREATE INDEX")]
+    indexes = [d for d in ddl if d.startswith("CREATE INDEX")]
     with engine.begin() as conn:
-        conn.execute(sa.text(_PG_GENERATE if engine.dialect.name == "postgresql" else _SQLITE_GENERATE), {"n": n})
+        for statement in tables:
+            conn.execute(sa.text(statement))
+        if pg:
+            for statement in _PG_GENERATE:
+                conn.execute(sa.text(statement.replace("{payload_type}", payload_type)), {"n": n})
+        else:
+            conn.execute(sa.text(_SQLITE_GENERATE), {"n": n})
+        for statement in indexes:
+            conn.execute(sa.text(statement))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text("VACUUM ANALYZE events" if engine.dialect.name == "postgresql" else "ANALYZE"))
+        conn.execute(sa.text("VACUUM ANALYZE events" if pg else "ANALYZE"))
 
 
 @contextmanager
@@ -220,7 +303,7 @@ def build(url: str):
     import dagster as dg
 
     from heatmap_pipeline.defs.assets.events import build_game_events_asset
-    from heatmap_pipeline.defs.assets.heatmaps import build_level_heatmaps_asset
+    from heatmap_pipeline.defs.assets.heatmaps import build_level_heatmaps_asset, build_level_heatmaps_checks
     from heatmap_pipeline.defs.partitions import date_partitions, heatmap_partitions
     from heatmap_pipeline.defs.resources import SourceDatabase, WarehouseDatabase
     from heatmap_pipeline.settings import load_settings
@@ -229,12 +312,13 @@ def build(url: str):
     resources = {"source": SourceDatabase(url=url), "warehouse": WarehouseDatabase(url=url)}
     events_asset = build_game_events_asset(settings, date_partitions(settings))
     heatmaps_asset = build_level_heatmaps_asset(settings, heatmap_partitions(settings), date_partitions(settings))
+    heatmap_checks = build_level_heatmaps_checks(settings, heatmap_partitions(settings))
 
     @dg.asset(partitions_def=date_partitions(settings), name="noop", required_resource_keys={"warehouse"})
     def noop(context) -> None:
         return None
 
-    return events_asset, heatmaps_asset, noop, resources
+    return events_asset, (heatmaps_asset, heatmap_checks), noop, resources
 
 
 def materialize_events(events_asset, resources, instance):
@@ -246,16 +330,17 @@ def materialize_events(events_asset, resources, instance):
     return {key: getattr(value, "value", value) for key, value in metadata.items()}
 
 
-def materialize_heatmaps(heatmaps_asset, resources, instance):
+def materialize_heatmaps(heatmaps, resources, instance):
+    """The 3 levels as production runs them: the asset and its blocking matrix_consistent check."""
     import dagster as dg
 
+    heatmaps_asset, checks = heatmaps
     for level in LEVELS:
         key = dg.MultiPartitionKey({"date": DAY.isoformat(), "level": level})
-        result = dg.materialize(
-            [heatmaps_asset], resources=resources, partition_key=key, instance=instance,
-            selection=[heatmaps_asset.key],
-        )
+        result = dg.materialize([heatmaps_asset, *checks], resources=resources, partition_key=key, instance=instance)
         assert result.success
+        evaluations = result.get_asset_check_evaluations()
+        assert [e.check_name for e in evaluations] == ["matrix_consistent"] and all(e.passed for e in evaluations)
 
 
 def stored_heatmaps(url: str) -> dict[str, tuple[np.ndarray, list[float]]]:
@@ -376,10 +461,10 @@ def run_one(kind: str, n: int, args) -> dict:
     from heatmap_pipeline.warehouse.db import get_engine
     from heatmap_pipeline.warehouse.heatmaps import compute_heatmap
 
-    record: dict = {"database": kind, "events": n, "phases": {}}
+    record: dict = {"database": kind, "events": n, "phases": {}, "payload_type": args.payload_type if kind == "postgresql" else "JSON (text)"}
     with fresh_database(kind, args.admin_url) as url:
         t0 = time.perf_counter()
-        generate_day(url, n)
+        generate_day(url, n, args.payload_type)
         record["generate_seconds"] = time.perf_counter() - t0
         events_asset, heatmaps_asset, noop, resources = build(url)
         instance = dg.DagsterInstance.ephemeral()
@@ -388,14 +473,14 @@ def run_one(kind: str, n: int, args) -> dict:
             dg.materialize([noop], resources=resources, partition_key=DAY.isoformat(), instance=instance)
         record["phases"][phase.name] = vars(phase)
 
-        with measure("etl") as phase:
+        record["load_before_etl"] = load_average()
+        with measure("etl") as phase, statement_split(url) as split:
             meta = materialize_events(events_asset, resources, instance)
         record["phases"][phase.name] = vars(phase)
+        split["everything else (Python: cleaner, Dagster, bookkeeping)"] = phase.seconds - sum(split.values())
+        record["etl_split"] = dict(sorted(split.items(), key=lambda kv: -kv[1]))
         record["etl_metadata"] = {k: meta[k] for k in ("rows_extracted", "dagster/row_count", "rows_quarantined", "load_method") if k in meta}
-        if kind == "postgresql":
-            with get_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.execute(sa.text("VACUUM ANALYZE game_events"))  # as autovacuum would after a big load
-
+        # no VACUUM here: the heatmaps run right after the ETL, as the schedule runs them
         with measure("heatmaps") as phase:
             materialize_heatmaps(heatmaps_asset, resources, instance)
         record["phases"][phase.name] = vars(phase)
@@ -404,6 +489,7 @@ def run_one(kind: str, n: int, args) -> dict:
             points = sum(compute_heatmap(get_engine(url), DAY, level, GRID).points for level in LEVELS)
         record["phases"][phase.name] = vars(phase)
         record["positions"] = points
+        record["load_after_heatmaps"] = load_average()
 
         with measure("floor_read") as phase:
             floor_read(url)
@@ -485,6 +571,10 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="100k events on both databases: the CI smoke check")
     parser.add_argument("--sizes", default="100k,1M", help="comma-separated events per day, e.g. 100k,1M,10M")
     parser.add_argument("--databases", default="postgresql,sqlite")
+    parser.add_argument(
+        "--payload-type", default="json", choices=("json", "jsonb", "text"),
+        help="PostgreSQL source payload column: json (the old system's), or the older schema's jsonb / text",
+    )
     parser.add_argument("--reference-max", default="1M", help="run the (slow) reference up to this size; extrapolate above")
     parser.add_argument("--admin-url", default=os.environ.get("HEATMAP_TEST_POSTGRES_URL", ADMIN_PG_URL_DEFAULT))
     parser.add_argument("--explain", action="store_true", help="record query plans")
@@ -508,6 +598,7 @@ def main(argv=None) -> int:
         pg_version = "?"
     info["postgresql"] = pg_version
     info["sqlite"] = __import__("sqlite3").sqlite_version
+    info["load_at_start"] = load_average()
     print(f"machine: {info}", flush=True)
     print(f"command: python benchmarks/bench.py {' '.join(argv if argv is not None else sys.argv[1:])}", flush=True)
 

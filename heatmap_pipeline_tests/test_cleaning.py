@@ -219,3 +219,11 @@ def test_a_timestamp_before_the_first_partition_is_quarantined():
     with pytest.raises(Rejected) as rejected:
         clean_event(row({"x": 1, "y": 2}, timestamp=dt.datetime(1970, 1, 1), created_at=TS), DAY, rules)
     assert rejected.value.reason == "timestamp_before_start" and "PARTITION_START_DATE=2025-01-01" in rejected.value.detail
+
+
+def test_the_stored_payload_keeps_only_what_is_not_a_typed_column():
+    assert clean_event(row('{"x": 1, "y": 2, "level": 1, "score": 3}'), DAY, RULES)["payload"] is None
+    kept = clean_event(row('{"x": 1, "y": 2, "zone": "b", "hp": 1.50, "a": {"z": 1e3, "b": -0.0}}'), DAY, RULES)
+    # jsonb's text form: keys by length then bytes, decimals exactly as written, no exponent, no -0
+    assert kept["payload"] == '{"a": {"b": 0.0, "z": 1000}, "hp": 1.50, "zone": "b"}'
+    assert (kept["x"], kept["y"]) == (1.0, 2.0)

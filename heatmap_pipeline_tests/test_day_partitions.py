@@ -89,6 +89,36 @@ def test_a_day_is_its_own_partition_and_a_rerun_swaps_it_for_a_new_one(postgres_
 
 
 @pytest.mark.postgres
+def test_a_full_load_leaves_its_partition_vacuumed_for_index_only_reads(postgres_url):
+    """The heatmaps run right after the ETL: the new partition's pages are all-visible already
+    (VACUUM after the swap committed), so their index reads need no heap visit."""
+    engine = source(postgres_url, day_rows(400))
+    load_partition(engine, engine, DAY, RULES, NOW)
+    with engine.connect() as conn:
+        name = day_partitions.current_partition(conn, DAY)
+        pages, visible, vacuumed = conn.execute(
+            sa.text(
+                "SELECT c.relpages, c.relallvisible, s.last_vacuum IS NOT NULL FROM pg_class c "
+                "JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.relname = :name"
+            ),
+            {"name": name},
+        ).one()
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                sa.text(
+                    "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) SELECT count(x) FROM game_events "
+                    "WHERE event_date = :d AND level = '1'"
+                ),
+                {"d": DAY},
+            )
+        )
+    assert vacuumed and pages >= 1 and visible == pages
+    if "Index Only Scan" in plan:  # (the planner may prefer the heap for so small a table)
+        assert "Heap Fetches: 0" in plan, plan
+
+
+@pytest.mark.postgres
 def test_rows_written_straight_into_game_events_are_replaced_by_the_next_load(postgres_url):
     engine = source(postgres_url, day_rows(4))
     with engine.begin() as conn:  # by hand, before any load: the day has no partition yet

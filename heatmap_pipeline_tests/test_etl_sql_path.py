@@ -177,6 +177,13 @@ def source_day(*, with_duplicates: bool, sqlite: bool) -> list[dict]:
     add({"x": 1, "y": 2, "level": "2.50"})  # 2.5: unknown_level
     add({"x": "+.5", "y": "5.", "level": 1})  # forms pd.to_numeric accepts
     add({"x": " 1e3 ", "y": "-2E-2", "level": 1})
+    # the stored payload keeps what is not a typed column, in one canonical form in both paths
+    add('{"x": 1, "y": 2, "level": 1, "k": 1.50, "e": 1e3, "z": -0.0, "n": null, "b": true, "s": "\u00e9", '
+        '"arr": [1, 2.0, {"b": 1, "a": 2}], "bb": {}, "big": 12345678901234567890123, "tiny": 1e-7, "é": "ü中"}', ts=at(12, 1))
+    add('{"z": 1.5E-3, "a": {"yy": [], "x": 0.10}, "score": 5, "q": "a\\"b\\\\c\\nd/"}', event_type="game_over", ts=at(12, 2))
+    add({"session_id": "abc", "mode": "hard"}, event_type="session_start", ts=at(12, 3))
+    add('{"x": 1, "y": 2, "dup": 1, "dup": 2.50}', ts=at(12, 4))
+    add("[1, 2]", event_type="click", ts=at(12, 5))  # payload_not_object, though no position
     if sqlite:  # a created_at that is no date (SQLite's date() alone keeps Feb 30): informational, ignored
         add({"x": 1, "y": 2, "level": 1}, ts=at(11, 1), created_at="2025-02-30 10:00:00")
     return rows
@@ -367,7 +374,7 @@ def test_cross_database_copy_load_equals_same_database_result(postgres_url, sqli
     lite_clean, lite_quarantine = snapshot(sqlite_url)
     assert pg_clean == lite_clean
     assert [q[:4] for q in pg_quarantine] == [q[:4] for q in lite_quarantine]
-    assert any("\n" in (r[13] or "") for r in pg_clean)  # escapes survived COPY's text format
+    assert any("\\" in (r[13] or "") for r in pg_clean)  # backslashes survived COPY's text format
 
 
 def test_dispatcher_uses_sql_for_one_database_and_python_for_two(sqlite_url, tmp_path):

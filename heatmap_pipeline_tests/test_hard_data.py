@@ -433,7 +433,8 @@ def test_numbers_are_read_as_pd_to_numeric_reads_them_on_both_paths(db_url, tmp_
             row = stored[event_id]
             assert (row.x, row.y, row.level) == tuple(values), event_id
             assert all(math.copysign(1.0, v) == 1.0 for v in (row.x, row.y) if v == 0), (event_id, row.x, row.y)
-            json.loads(row.payload, parse_constant=lambda name: pytest.fail(f"{name} in stored payload {event_id}"))
+            if row.payload is not None:  # (NULL: nothing beside the typed members)
+                json.loads(row.payload, parse_constant=lambda name: pytest.fail(f"{name} in stored payload {event_id}"))
 
 
 # --- 5. a SQL_ASCII source database ------------------------------------------------------------------

@@ -21,12 +21,17 @@ Rules (the SQL fast path in ``warehouse/etl/sql_path.py`` implements the same on
 * of several *valid* rows with one id, the first (rows arrive ordered by id, created_at) is
   kept and the others are quarantined as ``duplicate_id``.
 
+A clean row's stored ``payload`` keeps only the members that are not typed columns
+(``TYPED_PAYLOAD_KEYS``), as JSON text in one canonical form (:func:`slim_payload_text`), and is
+NULL when nothing is left.
+
 Clean rows plus quarantined rows always equal the rows given.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
 import math
 import re
@@ -210,6 +215,47 @@ def _non_finite_member(payload: dict) -> str | None:
     return next((key for key, value in payload.items() if key not in _TYPED_MEMBERS and holds(value)), None)
 
 
+# Payload members game_events holds in typed columns (x, y, level, score, final_score): the stored
+# payload leaves them out.
+TYPED_PAYLOAD_KEYS = ("x", "y", "level", "score", "final_score")
+
+
+def _canonical_json(value: Any) -> str:
+    """JSON text in PostgreSQL's ``jsonb`` output form, so the SQL fast path (``CAST(jsonb AS
+    text)``) and this cleaner store the same bytes: object keys ordered by byte length, then
+    bytes, ", " and ": " separators, non-ASCII as is, and numbers as decimals parsed exactly
+    (``Decimal``) and printed without exponent (1.50 stays 1.50, 1e3 is 1000, -0.0 is 0.0)."""
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda item: (len(item[0].encode("utf-8", "surrogatepass")), item[0].encode("utf-8", "surrogatepass")))
+        return "{" + ", ".join(f"{_canonical_json(k)}: {_canonical_json(v)}" for k, v in items) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_canonical_json(v) for v in value) + "]"
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (from a \ud800 escape): only its escape is storable
+            text = json.dumps(value)
+        return text
+    if value is True or value is False or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, decimal.Decimal) and value.is_finite():
+        return format(abs(value) if value.is_zero() else value, "f")
+    raise ValueError(f"{value!r} has no JSON form")
+
+
+def slim_payload_text(payload: dict, payload_text: str) -> str | None:
+    """The payload as ``game_events`` stores it: the members that are not typed columns, as
+    canonical JSON text (:func:`_canonical_json`), or None when nothing else is left."""
+    if all(key in TYPED_PAYLOAD_KEYS for key in payload):
+        return None
+    # parsed again, numbers as exact decimals (a float would print 1.50 as 1.5); duplicate keys: the last wins
+    exact = json.loads(payload_text, parse_float=decimal.Decimal)
+    return _canonical_json({key: value for key, value in exact.items() if key not in TYPED_PAYLOAD_KEYS})
+
+
 def parse_payload(raw: Any, max_bytes: int) -> tuple[dict, str]:
     """Return the payload as a dict and as JSON text."""
     if raw is None:
@@ -309,7 +355,7 @@ def clean_event(row: Mapping[str, Any], partition_date: dt.date, rules: Cleaning
         "y": y,
         "score": scores["score"],
         "final_score": scores["final_score"],
-        "payload": payload_text,
+        "payload": slim_payload_text(payload, payload_text),
         "created_at": created_at,
     }
 

@@ -21,7 +21,7 @@ import logging
 import sqlalchemy as sa
 
 from heatmap_pipeline.core.cleaning import CleaningRules
-from heatmap_pipeline.warehouse.etl import incremental
+from heatmap_pipeline.warehouse.etl import incremental, pg_partitions
 from heatmap_pipeline.warehouse.etl.python_path import load_partition_python
 from heatmap_pipeline.warehouse.etl.sql_path import UnsupportedSource, load_partition_sql
 from heatmap_pipeline.warehouse.etl.writing import EtlResult
@@ -60,6 +60,11 @@ def load_partition(
     mark = incremental.before_full_load(source, warehouse, day, rules, now)
     result = _load_full(source, warehouse, day, rules, now, chunk_size)
     incremental.after_full_load(warehouse, day, rules, mark, result, now)
+    if warehouse.dialect.name == "postgresql":
+        try:
+            pg_partitions.vacuum_partition(warehouse, day)
+        except sa.exc.DBAPIError as exc:  # the day is loaded; autovacuum will get to it
+            log.warning("game_events %s: VACUUM of the new partition failed: %s", day, exc)
     result.full_reason = full_reason
     return result
 

@@ -44,7 +44,7 @@ import datetime as dt
 import sqlalchemy as sa
 
 from heatmap_pipeline.core.binning import PositionRanges
-from heatmap_pipeline.core.cleaning import CleaningRules, EventCleaner
+from heatmap_pipeline.core.cleaning import TYPED_PAYLOAD_KEYS, CleaningRules, EventCleaner
 from heatmap_pipeline.warehouse.etl.writing import EtlResult, begin_day, finish_day, load_page_cache, write_cleaned_chunks
 from heatmap_pipeline.warehouse.source import (
     EXTRACTED_COLUMNS,
@@ -94,7 +94,7 @@ def _extracted_columns(alias: str = "e") -> str:
     )
 
 
-def _insert_clean_rows(target: str, *, day: str, ts: str, created_at: str, default_level: str) -> str:
+def _insert_clean_rows(target: str, *, day: str, ts: str, created_at: str, default_level: str, payload: str) -> str:
     """Both dialects' ``INSERT INTO target (every game_events column) SELECT ... FROM classified
     WHERE fast``. The column list is ``tables.game_events``'s own and each value is named by its
     column, so the two cannot drift apart; the arguments are the dialect's forms of the values."""
@@ -108,7 +108,7 @@ def _insert_clean_rows(target: str, *, day: str, ts: str, created_at: str, defau
         "y": "CASE WHEN is_pos THEN y END",
         "score": "score",
         "final_score": "final_score",
-        "payload": "payload",
+        "payload": payload,
         "created_at": created_at,
     }
     columns = [c.name for c in game_events.columns]
@@ -172,42 +172,37 @@ def _pg_id_is_unique(conn: sa.Connection) -> bool:
     )
 
 
-# Payloads up to this many bytes with no exponent ("1e5") cannot hold a number beyond float8's
-# range (that needs 300+ digits), so their numbers are cast directly; longer payloads (rare
-# in telemetry) take the guarded, slower casts.
-SHORT_PAYLOAD_BYTES = 300
-
-
 def _pg_number(jv: str) -> str:
-    """A JSON value as float8 exactly as the Python cleaner reads it, or NULL when not certain.
+    """A payload member (jsonb, ``->``) as float8 exactly as the Python cleaner reads it, or NULL
+    when not certain.
 
-    ``short`` (a column of the row) says the payload is short and exponent-free, so a JSON
-    number cast to float8 cannot overflow; otherwise the magnitude is checked as numeric first.
-    Plus 0, as the cleaner adds: the string "-0" is float8 -0, and -0 + 0 is 0.
+    A JSON number is cast when its magnitude is safely inside float8's (no overflow, no
+    subnormal): float8in and Python's float() both round the decimal correctly. A JSON string
+    only when it is a plain decimal of at most 15 + 15 digits (a regular expression, so only for
+    strings: it costs about a microsecond). Anything else (booleans, arrays, exotic strings) is
+    NULL: Python decides. Plus 0, as the cleaner adds: "-0" is float8 -0, and -0 + 0 is 0.
     """
     n = f"CAST({jv} AS numeric)"
-    guarded = f"CASE WHEN abs({n}) < 1e300 AND (abs({n}) > 1e-300 OR {n} = 0) THEN CAST({n} AS double precision) END"
     return (
         f"(CASE jsonb_typeof({jv}) "
-        f"WHEN 'number' THEN CASE WHEN short THEN CAST({jv} AS double precision) ELSE {guarded} END "
+        f"WHEN 'number' THEN CASE WHEN abs({n}) < 1e300 AND (abs({n}) > 1e-300 OR {n} = 0) "
+        f"THEN CAST({n} AS double precision) END "
         f"WHEN 'string' THEN CASE WHEN ({jv} #>> '{{}}') ~ :plain_decimal "
         f"THEN CAST({jv} #>> '{{}}' AS double precision) END END + CAST(0 AS double precision))"
     )
 
 
-def _pg_level(jv: str) -> str:
-    """normalize_level() in SQL for the forms where it is the JSON text itself; NULL otherwise.
+def _pg_level(text: str, value: str) -> str:
+    """normalize_level() in SQL where it is the member's text itself (``text``: ``->>``, ``value``:
+    ``->``); NULL otherwise (Python decides).
 
-    Strings and booleans read as they are; a number only when it is an integer literal (no
-    '.', no exponent), whose text Python's str(int) reproduces. Python handles the rest.
+    A string reads as it is. A number's text is PostgreSQL's numeric print (1e0 -> "1", 1.0 ->
+    "1.0"): without a '.' and at most 15 digits it is the integer Python's str(int(...)) prints;
+    with a '.' only Python knows (1.0 is level "1"). Booleans print as Python's normalize_level does.
     """
     return (
-        f"(CASE jsonb_typeof({jv}) "
-        f"WHEN 'string' THEN {jv} #>> '{{}}' "
-        f"WHEN 'boolean' THEN {jv} #>> '{{}}' "
-        f"WHEN 'number' THEN CASE WHEN strpos({jv} #>> '{{}}', '.') = 0 AND strpos(lower({jv} #>> '{{}}'), 'e') = 0 "
-        f"THEN {jv} #>> '{{}}' END "
-        f"END)"
+        f"(CASE WHEN strpos({text}, '.') = 0 AND length({text}) <= 15 THEN {text} "
+        f"WHEN jsonb_typeof({value}) = 'string' THEN {text} END)"
     )
 
 
@@ -217,14 +212,12 @@ def _pg_statement(types: dict[str, str], id_unique: bool, target: str, day: dt.d
     # numeric overflow when cast) needs excluding. Text may hold anything: only flat objects
     # pass (the regular expression costs a few microseconds per row).
     kind = types["payload"]
-    text_payload = "CAST(e.payload AS text)"
     if kind == "jsonb":
-        validity, short_validity = "TRUE", "TRUE"
-    elif kind == "json":
-        # a short payload without exponents has no 4-digit exponent either: one regex, not two
-        validity, short_validity = "payload !~ '[eE][-+]?[0-9]{4}'", "TRUE"
+        validity = "TRUE"
+    elif kind == "json":  # parsed JSON, but a 4+-digit exponent could overflow numeric in the cast
+        validity = "payload !~ '[eE][-+]?[0-9]{4}'"
     else:
-        validity = short_validity = "payload ~ :flat_object"
+        validity = "payload ~ :flat_object"
     as_jsonb = "CAST(payload AS jsonb)"  # the text of a jsonb column parses back to the same value
 
     def utc(col: str) -> str:
@@ -236,16 +229,15 @@ def _pg_statement(types: dict[str, str], id_unique: bool, target: str, day: dt.d
     missing = "({v} IS NULL OR jsonb_typeof({v}) = 'null')"
     raw = ", ".join(f'"{c}"' for c in _RESIDUE_COLUMNS)
     insert_clean = _insert_clean_rows(
-        target, day="CAST(:day AS date)", ts="ts_utc", created_at="created_utc", default_level="CAST(:default_level AS text)"
+        target, day="CAST(:day AS date)", ts="ts_utc", created_at="created_utc", default_level="CAST(:default_level AS text)",
+        payload="rest_text",
     )
     # Each payload is parsed once: the OFFSET 0 fences stop the planner from inlining the
     # parse (and the member lookups) into every expression that uses them.
     statement = f"""
     WITH source_day AS (
         SELECT {_extracted_columns("e")},
-               {utc("timestamp")} AS ts_utc, {utc("created_at")} AS created_utc, {n_id} AS n_id,
-               (octet_length({text_payload}) <= LEAST({SHORT_PAYLOAD_BYTES}, :fast_max)
-                AND {text_payload} !~ '[0-9.][eE]') AS short
+               {utc("timestamp")} AS ts_utc, {utc("created_at")} AS created_utc, {n_id} AS n_id
         FROM events e
         WHERE {day_filter_text("postgresql", day, "e", start)}
         OFFSET 0
@@ -253,18 +245,18 @@ def _pg_statement(types: dict[str, str], id_unique: bool, target: str, day: dt.d
     parsed AS (
         SELECT source_day.*,
                CASE WHEN strpos(payload, '\\u') = 0
-                     AND CASE WHEN short THEN {short_validity}
-                              ELSE octet_length(payload) <= :fast_max
-                                   AND (octet_length(payload) <= 1000
-                                        OR octet_length(payload)
-                                           - octet_length(replace(replace(payload, '[', ''), '{{', '')) < 100)
-                                   AND {validity} END
+                     AND octet_length(payload) <= :fast_max
+                     AND (octet_length(payload) <= 1000
+                          OR octet_length(payload) - octet_length(replace(replace(payload, '[', ''), '{{', '')) < 100)
+                     AND {validity}
                     THEN {as_jsonb} END AS j
         FROM source_day
         OFFSET 0
     ),
     members AS (
-        SELECT parsed.*, j -> 'x' AS jx, j -> 'y' AS jy, j -> 'level' AS jl, j -> 'score' AS js, j -> 'final_score' AS jf
+        SELECT parsed.*, j -> 'x' AS jx, j -> 'y' AS jy, j ->> 'level' AS jl, j -> 'score' AS js,
+               j -> 'final_score' AS jf, jsonb_typeof(j) = 'object' AS is_object,
+               CASE WHEN jsonb_typeof(j) = 'object' THEN j - CAST(:typed_keys AS text[]) END AS rest
         FROM parsed
         OFFSET 0
     ),
@@ -274,9 +266,10 @@ def _pg_statement(types: dict[str, str], id_unique: bool, target: str, day: dt.d
                (jx IS NOT NULL OR jy IS NOT NULL OR event_type = ANY (CAST(:position_types AS text[]))) AS is_pos,
                {_pg_number("jx")} AS x, {_pg_number("jy")} AS y,
                {_pg_number("js")} AS score, {_pg_number("jf")} AS final_score,
-               {missing.format(v="jl")} AS no_level, {_pg_level("jl")} AS level_text,
+               jl IS NULL AS no_level, {_pg_level("jl", "j -> 'level'")} AS level_text,
                {missing.format(v="js")} AS no_score, {missing.format(v="jf")} AS no_final,
-               (id IS NOT NULL AND n_id = 1 AND j IS NOT NULL
+               CASE WHEN rest <> CAST('{{}}' AS jsonb) THEN CAST(rest AS text) END AS rest_text,
+               (id IS NOT NULL AND n_id = 1 AND is_object
                 AND ts_utc >= :start AND ts_utc < :end
                 AND (CAST(:cutoff AS timestamp) IS NULL OR ts_utc <= CAST(:cutoff AS timestamp))
                 AND CASE WHEN created_utc IS NULL THEN TRUE
@@ -331,6 +324,7 @@ def _params(day: dt.date, rules: CleaningRules, dialect: str) -> dict:
         "position_types": sorted(rules.position_event_types),
         "levels": sorted(rules.levels),
         "default_level": rules.default_level,
+        "typed_keys": list(TYPED_PAYLOAD_KEYS),
     }
 
 
@@ -412,6 +406,9 @@ def _sqlite_number(path: str) -> tuple[str, str]:
     return value, certain
 
 
+_SQLITE_TYPED_PATHS = ", ".join(f"'$.{key}'" for key in TYPED_PAYLOAD_KEYS)
+
+
 def _sqlite_select(id_unique: bool, day: dt.date, start: dt.date | None) -> str:
     ts_ok, ts_norm = _sqlite_ts("timestamp", same_day=True)
     created_ok, created_norm = _sqlite_ts("created_at", same_day=False)
@@ -451,6 +448,7 @@ def _sqlite_select(id_unique: bool, day: dt.date, start: dt.date | None) -> str:
                      AND length(e.payload) - length(replace(replace(e.payload, '{{', ''), '[', '')) < 100
                      AND {dup_keys}
                      AND json_valid(e.payload) AND json_type(e.payload) = 'object'
+                     AND json_remove(e.payload, {_SQLITE_TYPED_PATHS}) = '{{}}'
                     THEN 1 ELSE 0 END AS pre_ok,
                {ts_norm} AS ts_norm,
                CASE WHEN e.created_at IS NOT NULL THEN {created_norm} END AS created_norm
@@ -496,8 +494,11 @@ def _sqlite_fast_insert(
         levels=json.dumps(params["levels"]),
     )
     with_clause = _sqlite_select(_sqlite_id_is_unique(conn), day, rules.partition_start)
+    # SQLite keeps only payloads with nothing left beside the typed members (stored NULL): it has
+    # no JSON rendering that matches the stored form of the rest (core.cleaning.slim_payload_text).
     insert_clean = _insert_clean_rows(
-        game_events.name, day=":day", ts="ts_norm", created_at="created_norm", default_level=":default_level"
+        game_events.name, day=":day", ts="ts_norm", created_at="created_norm", default_level=":default_level",
+        payload="NULL",
     )
     conn.execute(sa.text(f"{with_clause}\n    {insert_clean}"), params)
     # the driver's rowcount is unreliable for a statement that starts with WITH
