@@ -52,6 +52,7 @@ REQUEST_TAG = "heatmap_pipeline/admin_request"  # the admin_trigger_requests id
 REQUESTER_TAG = "heatmap_pipeline/requester"  # client address of the admin request
 LATE_ROWS_TAG = "heatmap_pipeline/late_rows"
 SOURCE_RUN_TAG = "heatmap_pipeline/after_run"
+CLAIM_TAG = "heatmap_pipeline/claim"  # the run_claims token its launcher held (warehouse/run_claims.py)
 # Set by etl_schedule and late_events_sensor: the run loads only what arrived since the day's last
 # load (warehouse/etl/incremental.py). Without it (backfill, UI, admin trigger) a run rebuilds the day.
 LOAD_MODE_TAG = "heatmap_pipeline/load_mode"
@@ -94,6 +95,16 @@ def partition_run(
         limit=1,
     )
     return records[0].dagster_run.run_id if records else None
+
+
+def claimed_run(instance: dg.DagsterInstance, claim: str, run_id: str | None) -> tuple[str, bool] | None:
+    """(run id, whether it is still in flight) of the run a run_claims row names: by its id once
+    known, else by its claim tag; None when no such run exists (yet)."""
+    if run_id:
+        run = instance.get_run_by_id(run_id)
+        return (run_id, run.status in IN_FLIGHT) if run else None
+    records = instance.get_run_records(filters=dg.RunsFilter(tags={CLAIM_TAG: claim}), limit=1)
+    return (records[0].dagster_run.run_id, records[0].dagster_run.status in IN_FLIGHT) if records else None
 
 
 def run_days(run: dg.DagsterRun) -> list[str]:

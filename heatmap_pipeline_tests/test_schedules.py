@@ -27,10 +27,18 @@ def test_etl_schedule_uses_interval_and_refreshes_today(sqlite_url, monkeypatch,
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
 
 
+def ran(defs, instance, requests, status=dg.DagsterRunStatus.SUCCESS) -> None:
+    """The daemon launched these run requests (tags included) and they reached ``status``."""
+    for request in requests:
+        instance.create_run_for_job(job_def=defs.resolve_job_def("etl_job"), status=status,
+                                    tags={**request.tags, "dagster/partition": request.partition_key})
+
+
 def test_first_etl_tick_after_midnight_also_refreshes_yesterday(sqlite_url, monkeypatch, instance):
     defs = build_defs(monkeypatch, sqlite_url, ETL_INTERVAL_MINUTES="20")
     _, data = evaluate(defs, "etl_schedule", dt.datetime(2025, 11, 17, 0, 0, tzinfo=UTC), instance)
     assert [r.partition_key for r in data.run_requests] == ["2025-11-16", "2025-11-17"]
+    ran(defs, instance, data.run_requests)
     _, later = evaluate(defs, "etl_schedule", dt.datetime(2025, 11, 17, 0, 20, tzinfo=UTC), instance)
     assert [r.partition_key for r in later.run_requests] == ["2025-11-17"]
 

@@ -4,7 +4,8 @@
 as well on the first tick after midnight. Today's heatmaps follow the ETL through Declarative
 Automation (``heatmap_automation_sensor``): at each HEATMAP_INTERVAL_MINUTES tick they wait until
 game_events of today was updated since the tick. Like the old
-``max_instances=1``, a tick skips a partition whose previous run is still queued or running;
+``max_instances=1``, a tick skips a partition whose previous run is still queued or running
+(claimed in ``run_claims``, the table every launcher of these jobs claims in);
 like ``coalesce=True``, ticks missed while the daemon was down collapse into one (see
 ``scheduler.config.max_catchup_runs: 1`` in the dagster.yaml written by ``heatmap-pipeline dev``).
 """
@@ -14,8 +15,13 @@ import datetime as dt
 import dagster as dg
 
 from heatmap_pipeline.core.cron import interval_cron_schedules, is_first_tick_of_day
-from heatmap_pipeline.orchestration import ETL_JOB, HEATMAP_JOB, INCREMENTAL, LOAD_MODE_TAG, TRIGGER_TAG, partition_run
+from heatmap_pipeline.orchestration import (
+    CLAIM_TAG, ETL_JOB, HEATMAP_JOB, INCREMENTAL, LOAD_MODE_TAG, TRIGGER_TAG, claimed_run, partition_run,
+)
 from heatmap_pipeline.settings import Settings
+from heatmap_pipeline.warehouse import run_claims
+from heatmap_pipeline.warehouse.db import get_engine
+from heatmap_pipeline.warehouse.migrations import migrate_once
 
 
 
@@ -33,18 +39,28 @@ def days_to_refresh(tick: dt.datetime, interval_minutes: int, first_day: dt.date
     return [day for day in days if day >= first_day]
 
 
-def _requests(context, job_name, keys: list[str], tick: dt.datetime, schedule_name: str, extra_tags=None):
+def _requests(context, engine, job_name, keys: list[str], tick: dt.datetime, schedule_name: str, extra_tags=None):
+    """A run request per partition key, each claimed in run_claims first: a key whose job and
+    partition has a run in flight, or being launched by another launcher, is skipped."""
     extra_tags = extra_tags or {}
     requests, skipped = [], []
     for key in keys:
-        if partition_run(context.instance, job_name, str(key)) is not None:
+        token = f"{job_name}:{key}:{tick.isoformat()}"
+        claim = run_claims.claim_run(engine, job_name, str(key), token, schedule_name,
+                                     lambda held, held_run: claimed_run(context.instance, held, held_run))
+        in_flight = claim.run_id if claim.outcome == run_claims.SHARED else None
+        if claim.outcome == run_claims.WON:  # a run launched without a claim (UI, backfill) counts too
+            in_flight = claim.run_id or partition_run(context.instance, job_name, str(key))
+            if in_flight:
+                run_claims.record_run(engine, job_name, str(key), token, in_flight)
+        if in_flight or claim.outcome == run_claims.LAUNCHING:
             skipped.append(str(key))
             continue
         requests.append(
             dg.RunRequest(
-                run_key=f"{job_name}:{key}:{tick.isoformat()}",
+                run_key=token,
                 partition_key=key,
-                tags={TRIGGER_TAG: schedule_name, **extra_tags},
+                tags={TRIGGER_TAG: schedule_name, CLAIM_TAG: token, **extra_tags},
             )
         )
     if skipped:
@@ -68,7 +84,10 @@ def build_etl_schedule(settings: Settings, job) -> dg.ScheduleDefinition:
         tick = context.scheduled_execution_time
         keys = [day.isoformat() for day in days_to_refresh(tick, minutes, settings.partition_start_date)]
         # a tick loads what arrived since the day's last load (warehouse/etl/incremental.py)
-        return _requests(context, ETL_JOB, keys, tick, "etl_schedule", {LOAD_MODE_TAG: INCREMENTAL})
+        # The warehouse's engine from the settings: the claims table lives there (created once per process).
+        engine = get_engine(settings.warehouse_url)
+        migrate_once(engine)
+        return _requests(context, engine, ETL_JOB, keys, tick, "etl_schedule", {LOAD_MODE_TAG: INCREMENTAL})
 
     return etl_schedule
 

@@ -2,7 +2,8 @@
 
 Every tick it looks at the active rows of ``admin_trigger_requests``:
 - pending: claim the current stage (one conditional UPDATE, so the endpoint and the sensor never
-  both launch it) and yield its runs. A heatmap-only request whose day the instance does not report
+  both launch it) and yield its runs, each claimed in ``run_claims`` first: a job and partition
+  with a queued or running run (whoever launched it) shares that run instead. A heatmap-only request whose day the instance does not report
   as loaded gets its ETL stage first (launcher.etl_first_if_needed, the endpoint's decision too).
   Run keys hold the request id and the run slot, and Dagster never launches a run key twice, so
   yielding them again on a later tick is harmless;
@@ -24,8 +25,11 @@ from heatmap_pipeline.trigger.plan import stage_runs
 from heatmap_pipeline.trigger.store import TriggerRequest
 from heatmap_pipeline.defs.partitions import date_partitions
 from heatmap_pipeline.defs.resources import WarehouseDatabase
-from heatmap_pipeline.orchestration import PARTITION_TAG, REQUEST_TAG, game_events_status, partition_run, run_failure_reason
+from heatmap_pipeline.orchestration import (
+    CLAIM_TAG, PARTITION_TAG, REQUEST_TAG, claimed_run, game_events_status, partition_run, run_failure_reason,
+)
 from heatmap_pipeline.settings import Settings
+from heatmap_pipeline.warehouse import run_claims
 
 SENSOR = "admin_trigger_sensor"
 STALE_CLAIM_SECONDS = 120
@@ -47,26 +51,43 @@ def _runs_of_request(instance: dg.DagsterInstance, request: TriggerRequest) -> d
 
 
 def _launch(context, engine, settings: Settings, request: TriggerRequest) -> list[dg.RunRequest]:
-    """Run requests for the not yet launched runs of the claimed stage; adopt the ones that exist."""
+    """Run requests for the not yet launched runs of the claimed stage; adopt the ones that exist.
+
+    Each run's job and partition is claimed in run_claims first (the run carries the claim tag);
+    a partition another launcher holds is shared, or waited for while it is being launched."""
     existing = _runs_of_request(context.instance, request)
-    known, run_requests = dict(request.run_ids), []
+    known, run_requests, waiting = dict(request.run_ids), [], []
     for run in stage_runs(settings, request):
         if run.slot in known:
             continue
-        run_id = existing.get((run.job_name, run.partition_key)) or partition_run(context.instance, run.job_name, run.partition_key)
+        run_id = existing.get((run.job_name, run.partition_key))
         if run_id:
+            known[run.slot] = run_id
+            continue
+        token = run.run_key(request)
+        claim = run_claims.claim_run(engine, run.job_name, run.partition_key, token, SENSOR,
+                                     lambda held, held_run: claimed_run(context.instance, held, held_run))
+        if claim.outcome == run_claims.LAUNCHING:
+            waiting.append(f"{run.job_name} {run.partition_key}")
+            continue
+        # A run launched without a claim (Declarative Automation, the UI, a backfill) is shared too.
+        run_id = claim.run_id or partition_run(context.instance, run.job_name, run.partition_key)
+        if run_id:
+            if claim.outcome == run_claims.WON:
+                run_claims.record_run(engine, run.job_name, run.partition_key, token, run_id)
             known[run.slot] = run_id
             continue
         run_requests.append(
             dg.RunRequest(
-                run_key=run.run_key(request),
+                run_key=token,
                 job_name=run.job_name,
                 partition_key=run.partition_key,
-                tags=run.tags(request, SENSOR),
+                tags={**run.tags(request, SENSOR), CLAIM_TAG: token},
             )
         )
-    if run_requests:
-        context.log.info(f"request {request.id}: launching stage {request.stage}: {[r.run_key for r in run_requests]}")
+    if run_requests or waiting:
+        context.log.info(f"request {request.id}: launching stage {request.stage}: {[r.run_key for r in run_requests]}"
+                         + (f"; another launcher is launching {', '.join(waiting)}" if waiting else ""))
     else:
         store.mark_launched(engine, request, known)
         context.log.info(f"request {request.id}: stage {request.stage} runs {known}")

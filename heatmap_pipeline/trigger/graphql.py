@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import httpx
 
-from heatmap_pipeline.orchestration import API_KEY_HEADER, GAME_EVENTS, IN_FLIGHT_NAMES, PARTITION_TAG, failure_summary
+from heatmap_pipeline.orchestration import (
+    API_KEY_HEADER, CLAIM_TAG, GAME_EVENTS, IN_FLIGHT_NAMES, PARTITION_TAG, failure_summary,
+)
 
 
 _REPOSITORIES = """
@@ -158,6 +160,12 @@ class DagsterGraphQL:
             limit=1,
         )
         return runs[0]["runId"] if runs else None
+
+    def claimed_run(self, claim: str, run_id: str | None) -> tuple[str, bool] | None:
+        """(run id, still in flight) of the run a run_claims row names (orchestration.claimed_run, through GraphQL)."""
+        run_filter = {"runIds": [run_id]} if run_id else {"tags": [{"key": CLAIM_TAG, "value": claim}]}
+        runs = self._runs(run_filter, limit=1)
+        return (runs[0]["runId"], runs[0]["status"] in IN_FLIGHT_NAMES) if runs else None
 
     def game_events_status(self, day: str) -> str | None:
         """The status of game_events partition ``day`` as the UI shows it: MATERIALIZED, FAILED,

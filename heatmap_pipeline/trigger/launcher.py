@@ -2,8 +2,9 @@
 
 :func:`drive` does one step through the Dagster GraphQL API (the admin API's side);
 ``admin_trigger_sensor`` does the same steps from the daemon with the instance (sensors.py).
-Both claim before launching (store.py), both put the ETL before a heatmap-only request whose day
-is not loaded (:func:`etl_first_if_needed`) and both use :func:`settle_stage` once runs exist.
+Both claim the request's stage before launching (store.py), and each run's job and partition in
+the database (warehouse/run_claims.py: one in-flight run per job and partition, whichever process
+launches), both put the ETL before a heatmap-only request whose day is not loaded (:func:`etl_first_if_needed`) and both use :func:`settle_stage` once runs exist.
 """
 
 from __future__ import annotations
@@ -17,21 +18,19 @@ from typing import Callable
 import anyio.to_thread
 import sqlalchemy as sa
 
-from heatmap_pipeline.orchestration import etl_needed_because
+from heatmap_pipeline.orchestration import CLAIM_TAG, etl_needed_because
 from heatmap_pipeline.trigger import store
 from heatmap_pipeline.trigger.graphql import DagsterGraphQL, DagsterRejected, DagsterUnreachable
-from heatmap_pipeline.trigger.plan import failure_message, stage_outcome, stage_runs
+from heatmap_pipeline.trigger.plan import PlannedRun, failure_message, stage_outcome, stage_runs
 from heatmap_pipeline.trigger.store import TriggerRequest
 from heatmap_pipeline.settings import Settings
+from heatmap_pipeline.warehouse import run_claims
 
 log = logging.getLogger("heatmap_pipeline.admin")
 ENDPOINT = "admin_api"
 BACKGROUND_DRIVE_SECONDS = 6 * 3600  # after that, admin_trigger_sensor alone moves the request on
 DRIVE_POLL_SECONDS = 0.5  # between two steps of one request, while its runs are in flight
 MAX_DRIVE_STEPS_PER_SECOND = 100  # across every request this process drives (see RequestDrivers._poll_seconds)
-# One launch at a time in this process: two requests for the same partition arriving together
-# must see each other's run (checked, then launched, under this lock) and share it.
-_launch_lock = threading.Lock()
 
 
 def etl_first_if_needed(
@@ -81,20 +80,43 @@ def settle_stage(
     return outcome
 
 
+def _claimed_launch(engine: sa.Engine, dagster: DagsterGraphQL, request: TriggerRequest, run: PlannedRun) -> str | None:
+    """The run id for one slot: launched under a run_claims claim, or the in-flight run of its job
+    and partition that another launcher holds; None while another launcher is launching it."""
+    token = run.run_key(request)  # the sensor's run key too: a request slot holds one claim, whoever launches
+    claim = run_claims.claim_run(engine, run.job_name, run.partition_key, token, ENDPOINT, dagster.claimed_run)
+    if claim.outcome == run_claims.SHARED:
+        log.info(f"request {request.id}: {run.job_name} {run.partition_key} shares queued/running run {claim.run_id}")
+        return claim.run_id
+    if claim.outcome == run_claims.LAUNCHING or claim.run_id:
+        return claim.run_id  # None: try again on the next step; a run id: this slot launched it before
+    try:
+        # A run launched without a claim (Declarative Automation, the UI, a backfill) is shared too.
+        run_id = dagster.in_flight_run(run.job_name, run.partition_key) or dagster.launch_run(
+            run.job_name, {**run.tags(request, ENDPOINT), CLAIM_TAG: token})
+    except DagsterRejected:
+        run_claims.release(engine, run.job_name, run.partition_key, token)
+        raise
+    run_claims.record_run(engine, run.job_name, run.partition_key, token, run_id)
+    return run_id
+
+
 def _launch_stage(engine: sa.Engine, settings: Settings, dagster: DagsterGraphQL, request: TriggerRequest) -> None:
-    """Launch (or share) every run of the claimed stage; on losing Dagster, hand the claim back."""
+    """Launch (or share) every run of the claimed stage; on losing Dagster, or while another
+    launcher is launching one of its partitions, hand the claim back (pending) and try again later."""
     launched: dict[str, str] = {}
     started = time.monotonic()
+    waiting = []
     try:
-        with _launch_lock:
-            request = etl_first_if_needed(engine, request, dagster.game_events_status)
-            for run in stage_runs(settings, request):
-                if run.slot in request.run_ids:  # launched before a previous launcher lost Dagster
-                    continue
-                shared = dagster.in_flight_run(run.job_name, run.partition_key)
-                launched[run.slot] = shared or dagster.launch_run(run.job_name, run.tags(request, ENDPOINT))
-                if shared:
-                    log.info(f"request {request.id}: {run.job_name} {run.partition_key} shares queued/running run {shared}")
+        request = etl_first_if_needed(engine, request, dagster.game_events_status)
+        for run in stage_runs(settings, request):
+            if run.slot in request.run_ids:  # launched before a previous launcher lost Dagster
+                continue
+            run_id = _claimed_launch(engine, dagster, request, run)
+            if run_id:
+                launched[run.slot] = run_id
+            else:
+                waiting.append(f"{run.job_name} {run.partition_key}")
     except DagsterUnreachable as exc:
         store.release(engine, request, launched)
         log.warning(f"request {request.id}: {exc}; left pending for admin_trigger_sensor")
@@ -102,6 +124,10 @@ def _launch_stage(engine: sa.Engine, settings: Settings, dagster: DagsterGraphQL
     except DagsterRejected as exc:
         store.finish(engine, request, error=str(exc), launched=launched)
         log.error(f"request {request.id}: {exc}")
+        return
+    if waiting:
+        store.release(engine, request, launched)
+        log.info(f"request {request.id}: another launcher is launching {', '.join(waiting)}; sharing it on the next step")
         return
     store.mark_launched(engine, request, launched)
     log.info(f"request {request.id}: stage {request.stage} launched {launched} in {time.monotonic() - started:.2f}s")

@@ -202,6 +202,21 @@ admin_trigger_requests = sa.Table(
     sa.Index("ix_admin_trigger_requests_state", "state"),
 )
 
+# One claim per job and partition: whoever launches a run of them (the admin API, the admin,
+# schedule and sensors) first takes this row in one transaction (warehouse/run_claims.py), so
+# two processes never both launch one. The claimed run carries ``claim`` as its
+# heatmap_pipeline/claim tag; the claim is free again once that run has ended.
+run_claims = sa.Table(
+    "run_claims",
+    metadata,
+    sa.Column("job_name", sa.String(64), primary_key=True),
+    sa.Column("partition_key", sa.String(128), primary_key=True),
+    sa.Column("claim", sa.String(200), nullable=False, comment="the holder's token, also the run's heatmap_pipeline/claim tag"),
+    sa.Column("claimed_by", sa.String(64), nullable=False, comment="admin_api, admin_trigger_sensor, etl_schedule"),
+    sa.Column("run_id", sa.String(64), comment="the claimed run, once the holder knows it"),
+    sa.Column("claimed_at", sa.DateTime(timezone=False), nullable=False),
+)
+
 # --- Incremental ETL (warehouse/etl/incremental.py) -----------------------------------------
 # Per day: how far its game_events are loaded. A scheduled tick reads only the source rows with
 # created_at after ``created_at_watermark`` minus ETL_INCREMENTAL_OVERLAP_SECONDS. Written by every
