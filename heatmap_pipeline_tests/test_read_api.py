@@ -10,6 +10,8 @@ import base64
 import datetime as dt
 import json
 
+from urllib.parse import quote
+
 import httpx
 import numpy as np
 import pytest
@@ -32,8 +34,12 @@ def server(tmp_path, sqlite_url):
         yield base, sqlite_url
 
 
+# One client for the module: httpx.get() builds a client (and its TLS context) per call, ~50 ms each.
+CLIENT = httpx.Client(timeout=30)
+
+
 def get(base: str, path: str, params=None, headers=None) -> httpx.Response:
-    return httpx.get(base + path, params=params, headers=AUTH if headers is None else headers, timeout=30)
+    return CLIENT.get(base + path, params=params, headers=AUTH if headers is None else headers)
 
 
 def old_bytes(level: str, date: str, matrix) -> bytes:
@@ -252,7 +258,7 @@ def test_keyed_reads_accept_the_key_basic_auth_and_the_ui_cookie_only(server):
         refused = get(base, path, params, headers)
         assert refused.status_code == 401 and refused.json() == {"detail": "Unauthorized: invalid API key"}
         assert refused.headers["www-authenticate"].startswith("Basic ")  # a browser asks for the key
-    for other in ("/api/v1/heatmaps",):
+    for other in ("/api/v1/heatmaps", "/api/v1/heatmaps/1/2025-11-16.png", "/heatmaps"):
         assert get(base, other, headers={}).status_code == 401, other
 
 
@@ -318,7 +324,7 @@ def test_without_cors_origins_no_cross_origin_header_is_sent(server):
 def test_the_openapi_schema_describes_every_read_parameter(server):
     base, _ = server
     paths = httpx.get(base + "/openapi.json").json()["paths"]
-    for path in ("/api/v1/heatmap", "/api/v1/heatmaps"):
+    for path in ("/api/v1/heatmap", "/api/v1/heatmaps", "/api/v1/heatmaps/{level}/{span}.png"):
         parameters = paths[path]["get"]["parameters"]
         assert parameters and all(p.get("description") for p in parameters), (path, parameters)
     names = {p["name"] for p in paths["/api/v1/heatmap"]["get"]["parameters"]}
@@ -346,6 +352,87 @@ def hostile_requests(base: str) -> None:
             assert get(base, "/api/v1/heatmaps", {name: value}).status_code < 500, (name, value)
 
 
+# --- the PNG -----------------------------------------------------------------------------------------
+
+def png(response: httpx.Response):
+    from PIL import Image
+    import io
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    return Image.open(io.BytesIO(response.content))
+
+
+def test_the_png_of_a_day_a_range_and_a_difference(tmp_path, sqlite_url):
+    from heatmap_pipeline.core.render import plot_geometry, world_to_pixel
+    from heatmap_pipeline_tests.read_api_data import levels_file
+
+    settings = read_api_settings(sqlite_url, tmp_path, HEATMAP_LEVELS_FILE=levels_file(tmp_path))
+    bounds = (0.0, 100.0, 0.0, 50.0)
+    for day in (D1, D2, D3):
+        put_kind(sqlite_url, "1", day, "deaths", np.eye(5, 10) * day.day, bounds=bounds)
+    with serve_in_thread(create_app(settings)) as base:
+        one_day = png(get(base, "/api/v1/heatmaps/1/2025-11-16.png", {"kind": "deaths", "width": "500"}))
+        assert one_day.width == 500
+        week = get(base, "/api/v1/heatmaps/1/2025-11-14..2025-11-16.png", {"kind": "deaths", "scale": "log", "smooth": "1"})
+        png(week)
+        (left, top, right, bottom), drawn = plot_geometry(get(base, "/api/v1/heatmaps/1/2025-11-16.png",
+                                                              {"kind": "deaths"}).content)
+        assert (drawn.x_min, drawn.x_max, drawn.y_min, drawn.y_max) == bounds  # the stored day's world bounds
+        assert (right - left) / (bottom - top) == pytest.approx(2.0, rel=0.03)  # 100 x 50 world units
+        # A difference: more jumps at the lower left this day than the days before (red), fewer at the upper right (blue).
+        this, before = np.zeros((5, 10)), np.zeros((5, 10))
+        this[0, 0], before[0, 0], before[4, 9] = 5, 1, 4
+        put_kind(sqlite_url, "1", D3, "jumps", this, bounds=bounds)
+        put_kind(sqlite_url, "1", D1, "jumps", before, bounds=bounds)
+        diff = get(base, "/api/v1/heatmaps/1/2025-11-16.png", {"kind": "jumps", "compare_from": "2025-11-14",
+                                                               "compare_to": "2025-11-14", "background": "false"})
+        picture = png(diff).convert("RGB")
+        red, _, blue = picture.getpixel(world_to_pixel(diff.content, 5, 5))
+        assert red > blue + 60
+        red, _, blue = picture.getpixel(world_to_pixel(diff.content, 95, 45))
+        assert blue > red + 60
+        png(get(base, "/api/v1/heatmaps/1/2025-11-16.png", {"kind": "deaths", "compare_from": "2025-11-14",
+                                                            "compare_to": "2025-11-15", "normalize": "share"}))
+        plain = get(base, "/api/v1/heatmaps/1/2025-11-16.png", {"kind": "deaths", "background": "false"}).content
+        with_art = get(base, "/api/v1/heatmaps/1/2025-11-16.png", {"kind": "deaths"}).content
+        assert plain != with_art  # the level art is drawn under the heatmap unless background=false
+        for path, params, status, named in [
+            ("/api/v1/heatmaps/1/2025-11-31.png", {}, 400, "parameter 'span'"),
+            ("/api/v1/heatmaps/1/2025-11-14..16.png", {}, 400, "parameter 'span's last day'"),
+            ("/api/v1/heatmaps/1/2025-11-16..2025-11-14.png", {}, 422, "span's first day (2025-11-16) is after span's last day"),
+            ("/api/v1/heatmaps/1/2025-01-01..2025-12-31.png", {}, 422, "HEATMAP_MAX_RANGE_DAYS"),
+            ("/api/v1/heatmaps/1/2025-11-16.png", {}, 404, "Heatmap not found"),  # no positions that day
+            ("/api/v1/heatmaps/9/2025-11-16.png", {"kind": "deaths"}, 404, "Heatmap not found"),
+        ]:
+            response = get(base, path, params)
+            assert response.status_code == status and named in response.json()["detail"], (path, response.text)
+        typo = get(base, "/api/v1/heatmaps/1/2025-11-16.png", {"kind": "deaths", "scael": "log"})
+        assert typo.status_code == 422 and typo.json()["detail"].startswith("scael: is not a known query parameter")
+        for params, named in [({"scale": "cubic"}, "scale"), ({"width": str(10**20)}, "width"),
+                              ({"width": "199"}, "width"), ({"background": "maybe"}, "background")]:
+            response = get(base, "/api/v1/heatmaps/1/2025-11-16.png", {"kind": "deaths", **params})
+            assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", named], params
+
+
+def test_no_png_parameter_value_makes_a_5xx(server):
+    base, url = server
+    put_kind(url, "1", D3, "positions", np.ones((3, 3)))
+    for name in ("kind", "scale", "smooth", "normalize", "background", "width", "compare_from", "compare_to"):
+        for value in HOSTILE:
+            response = get(base, "/api/v1/heatmaps/1/2025-11-16.png", {name: value})
+            assert response.status_code < 500, (name, value, response.text)
+    for span in HOSTILE:
+        response = get(base, f"/api/v1/heatmaps/1/{quote(span, safe='')}.png")
+        assert response.status_code < 500, (span, response.text)
+    # Every scale over a matrix of zeros (log of nothing) and a difference of equal ranges (all zeros).
+    put_kind(url, "1", D1, "deaths", np.zeros((3, 3)))
+    for scale in ("linear", "sqrt", "log"):
+        png(get(base, "/api/v1/heatmaps/1/2025-11-14.png", {"kind": "deaths", "scale": scale}))
+        png(get(base, "/api/v1/heatmaps/1/2025-11-16.png", {"scale": scale, "compare_from": "2025-11-16",
+                                                            "compare_to": "2025-11-16"}))
+
+
 def test_a_stored_matrix_not_of_its_recorded_grid_is_a_409_not_a_500(server):
     import sqlalchemy as sa
 
@@ -358,3 +445,15 @@ def test_a_stored_matrix_not_of_its_recorded_grid_is_a_409_not_a_500(server):
         conn.execute(sa.update(heatmap_kinds).values(matrix=[[1.0, 1.0], [1.0, 1.0]]))
     response = get(base, "/api/v1/heatmap", {"level": "1", "date": "2025-11-16", "smooth": "1"})
     assert response.status_code == 409 and "re-materialize" in response.json()["detail"]
+
+
+def test_a_background_that_went_missing_is_left_out_not_a_500(tmp_path, sqlite_url):
+    from heatmap_pipeline_tests.read_api_data import levels_file
+
+    settings = read_api_settings(sqlite_url, tmp_path, HEATMAP_LEVELS_FILE=levels_file(tmp_path))
+    put_kind(sqlite_url, "1", D3, "positions", np.eye(5, 10), bounds=(0.0, 100.0, 0.0, 50.0))
+    (tmp_path / "harbour.png").write_bytes(b"not a picture any more")  # replaced after start-up
+    with serve_in_thread(create_app(settings)) as base:
+        response = get(base, "/api/v1/heatmaps/1/2025-11-16.png")
+    png(response)
+    assert response.headers["x-heatmap-background"] == "unreadable"

@@ -46,7 +46,7 @@ def _statuses(base: str, operation, mode: GenerationMode) -> list[int]:
     return seen
 
 
-@pytest.mark.parametrize("path", ["/api/v1/heatmap", "/api/v1/heatmaps"])
+@pytest.mark.parametrize("path", ["/api/v1/heatmap", "/api/v1/heatmaps", "/api/v1/heatmaps/{level}/{span}.png"])
 def test_the_read_routes_keep_their_openapi_schema(running_reads, path):
     schema = schemathesis.openapi.from_url(f"{running_reads}/openapi.json")
     operation = schema[path]["GET"]

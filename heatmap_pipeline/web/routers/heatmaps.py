@@ -1,10 +1,13 @@
-"""The heatmap read API, on the admin server.
+"""The heatmap read API and the designer page, on the admin server.
 
 * ``GET /api/v1/heatmap?level=&date=``: the old reader's contract, unchanged (``level``, ``date``,
   ``matrix`` first, the same 400 and 404 bodies), with extra fields after them; ``from``/``to``
   instead of ``date`` sums a range of days; read-time options (normalisation, smoothing, the
   difference with a second range ``compare_from``/``compare_to``).
+* ``GET /api/v1/heatmaps/{level}/{span}.png``: the same, drawn (``span`` is a day ``2025-11-16`` or a
+  range ``2025-11-10..2025-11-16``).
 * ``GET /api/v1/heatmaps``: what exists (no matrices).
+* ``GET /heatmaps``: the designer page (plain HTML and a little JavaScript, web/static/heatmaps.html).
 
 Every route needs a key (x-api-key, Basic auth or the UI cookie), unless HEATMAP_READS_PUBLIC=true.
 Sums are over the stored daily matrices (warehouse/heatmap_reads.py), never the events.
@@ -13,13 +16,17 @@ Sums are over the stored daily matrices (warehouse/heatmap_reads.py), never the 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, HTTPException, Path as PathParam, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
 from pydantic import BaseModel, Field
 
 from heatmap_pipeline.core.combine import (
@@ -31,7 +38,8 @@ from heatmap_pipeline.core.combine import (
     smooth,
     sum_matrices,
 )
-from heatmap_pipeline.settings import Settings
+from heatmap_pipeline.core.binning import GridBounds
+from heatmap_pipeline.core.render import render_heatmap_png
 from heatmap_pipeline.warehouse.heatmap_reads import POSITIONS, StoredHeatmap, read_heatmaps
 from heatmap_pipeline.web.auth import UNAUTHORIZED, authenticated_key
 from heatmap_pipeline.web.deps import SettingsDep, WarehouseDep, client_host, known_query_only
@@ -46,6 +54,7 @@ READS_LOCKED = (
     "as password, or send it as x-api-key), or HEATMAP_READS_PUBLIC=true to make the reads public."
 )
 READ_REALM = 'Basic realm="heatmap_pipeline heatmaps (password: an ADMIN_API_KEY key)", charset="UTF-8"'
+PAGE = Path(__file__).resolve().parent.parent / "static" / "heatmaps.html"
 MAX_LEVEL_CHARS = 64  # heatmap_kinds.level
 # Printable text: PostgreSQL text cannot hold NUL, and no level name has control characters.
 LEVEL_PATTERN = r"^[^\x00-\x1f\x7f]+$"
@@ -318,14 +327,19 @@ class HeatmapAnswer(BaseModel):
 
 # --- routes ----------------------------------------------------------------------------------------
 
+# What a read of matrices (JSON or PNG) may answer besides 200.
+MATRIX_ERRORS = {
+    400: {"model": ErrorDetail, "description": f"A date that does not parse: {INVALID_DATE} (other than date: named)"},
+    404: {"model": ErrorDetail, "description": f"No stored heatmap for the level, kind and days: {NOT_FOUND}"},
+    409: {"model": ErrorDetail, "description": "Days binned with different bounds or grids (named), "
+                                               "or per_session over days without a sessions count"},
+    422: {"model": BadParameter, "description": "A bad parameter, named"},
+}
+
 @router.get(
     "/api/v1/heatmap",
     response_model=HeatmapAnswer,
-    responses={400: {"model": ErrorDetail, "description": f"A date that does not parse: {INVALID_DATE}"},
-               404: {"model": ErrorDetail, "description": f"No stored heatmap: {NOT_FOUND}"},
-               409: {"model": ErrorDetail, "description": "Days binned with different bounds or grids (named), "
-                                                          "or per_session over days without a sessions count"},
-               422: {"model": BadParameter, "description": "A bad parameter, named"}},
+    responses=MATRIX_ERRORS,
     summary="A level's heatmap matrix for a day or a range of days (the old reader's contract)",
 )
 def get_heatmap(
@@ -397,3 +411,64 @@ def list_heatmaps(
         "count": len(found),
         "truncated": truncated,
     }
+
+
+@router.get(
+    "/api/v1/heatmaps/{level}/{span}.png",
+    dependencies=[Depends(known_query_only)],
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "The heatmap drawn in world coordinates"},
+               **MATRIX_ERRORS},
+    summary="A level's heatmap for a day or range, as a PNG over the level art",
+)
+def get_heatmap_png(
+    engine: WarehouseDep,
+    settings: SettingsDep,
+    options: OptionsDep,
+    level: Annotated[str, PathParam(min_length=1, max_length=MAX_LEVEL_CHARS, pattern=LEVEL_PATTERN,
+                                    description="Level name.")],
+    span: Annotated[str, PathParam(description="A day, 2025-11-16, or an inclusive range, 2025-11-10..2025-11-16 "
+                                               "(at most HEATMAP_MAX_RANGE_DAYS days).", examples=["2025-11-10..2025-11-16"])],
+    scale: Annotated[Literal["linear", "sqrt", "log"], Query(description="Colour scale.")] = "sqrt",
+    background: Annotated[bool, Query(description="Draw the level's background image (levels file) under the heatmap.")] = True,
+    width: Annotated[int, Query(ge=200, le=2000, description="Width of the picture in pixels.")] = 640,
+) -> Response:
+    first_text, sep, last_text = span.partition("..")
+    if sep:
+        days = day_range(first_text, last_text, "span's first day", "span's last day", settings.heatmap_max_range_days)
+    else:
+        day = parse_day(span, "span")
+        days = DayRange(day, day)
+    read = read_heatmap(engine, level, days, options, "date" if not sep else "range")
+    config = settings.level_config(level)
+    bounds = read.base.binning.bounds
+    if read.matrix.size == 0:  # an old row of [] (the old job's empty day): nothing to draw
+        raise HTTPException(409, f"the stored heatmap of level {level!r} for {days} has no cells; re-materialize it")
+    title = f"{config.name} · {options.kind} · {days}"
+    if read.compare is not None:
+        title += f" minus {read.compare.span}"
+    # The art is placed in world coordinates: a day stored without bounds (an old row) has none.
+    art = config.background if background and bounds is not None else None
+    draw = functools.partial(
+        render_heatmap_png, read.matrix, bounds=GridBounds(*bounds) if bounds is not None else None, title=title,
+        scale=scale, diverging=read.compare is not None, colorbar_label=read.units, width_px=width,
+    )
+    headers = {"Cache-Control": "no-cache"}
+    try:
+        png = draw(background=art)
+    except (OSError, Image.DecompressionBombError) as exc:  # the art file went missing or unreadable since start-up
+        log.warning(f"read API: level {level!r} background {art.path} unreadable ({type(exc).__name__}); drawn without it")
+        png, headers["X-Heatmap-Background"] = draw(background=None), "unreadable"
+    return Response(png, media_type="image/png", headers=headers)
+
+
+@router.get("/heatmaps", response_class=HTMLResponse, summary="The heatmap page for level designers")
+def heatmap_page(settings: SettingsDep) -> HTMLResponse:
+    config = {
+        "levels": [{"id": level, "name": settings.level_config(level).name} for level in settings.heatmap_levels],
+        "kinds": list(settings.heatmap_kinds),
+        "maxRangeDays": settings.heatmap_max_range_days,
+    }
+    # The JSON goes inside a <script>: "<" escaped so no value can close the element.
+    page = PAGE.read_text(encoding="utf-8").replace("/*CONFIG*/null", json.dumps(config).replace("<", "\\u003c"))
+    return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
