@@ -46,6 +46,8 @@ def page_server(tmp_path, sqlite_url):
     for day in [BEFORE, *WEEK]:
         put_kind(sqlite_url, "1", day, "deaths", deaths_of(day), bounds=BOUNDS, sessions=4)
         put_kind(sqlite_url, "1", day, "positions", rng.poisson(3, (5, 10)), bounds=BOUNDS, sessions=4)
+    # An older day binned with other (automatic) bounds: the page's default range must stop after it.
+    put_kind(sqlite_url, "1", dt.date(2025, 11, 12), "positions", np.ones((5, 10)), bounds=(0.0, 90.0, 0.0, 50.0))
     with serve_in_thread(create_app(settings)) as base:
         yield base
 
@@ -96,12 +98,16 @@ def test_a_designer_picks_a_level_and_a_range_and_sees_the_hottest_cell_where_th
             try:
                 assert page.goto(f"{base}/heatmaps").status == 200
                 assert page.locator("#level option").all_inner_texts() == ["Harbour (1)", "level 2"]
-                # The page opens on the newest stored week of the first kind (positions).
+                # The page opens on the newest days of the first kind (positions) that sum: not 2025-11-12,
+                # binned with other bounds, and it says why.
                 page.locator("img.heatmap[data-loaded='true']").wait_for()
+                assert (page.input_value("#from"), page.input_value("#to")) == ("2025-11-13", "2025-11-16")
+                assert "Days before 2025-11-13 are binned with other bounds" in page.inner_text("#available")
+                assert page.locator("#error").is_hidden()
 
                 page.select_option("#level", "1")
                 page.select_option("#kind", "deaths")
-                page.locator("#available", has_text="Stored deaths heatmaps of level 1: 4 day(s)").wait_for()
+                page.locator("#available", has_text="Stored deaths heatmaps of level 1: 4 day(s), 2025-11-13 … 2025-11-16.").wait_for()
                 page.check("#mode-range")
                 page.fill("#from", WEEK[0].isoformat())
                 page.fill("#to", WEEK[-1].isoformat())
