@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from heatmap_pipeline.core.binning import GridBounds, auto_bounds
 from heatmap_pipeline.core.levels import DEFAULT_KINDS, KindConfig
 from heatmap_pipeline.warehouse.db import get_engine
-from heatmap_pipeline.warehouse.heatmaps import compute_heatmap, read_heatmap, upsert_heatmap
+from heatmap_pipeline.warehouse.heatmaps import InconsistentHeatmap, compute_heatmap, read_heatmap, upsert_heatmap
 from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
 from heatmap_pipeline.warehouse.tables import game_events, heatmap_kinds, heatmaps
 from heatmap_pipeline_tests.support import histogram2d_reference
@@ -239,3 +239,15 @@ def test_the_asset_writes_the_kinds_of_the_levels_file(monkeypatch, sqlite_url, 
         (left, top, right, bottom), bounds = plot_geometry(base64.b64decode(encoded))
         assert bounds == GridBounds(0, 100, 0, 50)
         assert (right - left) / (bottom - top) == pytest.approx(2.0, rel=0.03)
+
+
+def test_a_kind_counting_more_than_the_positions_is_never_written(db_url):
+    engine = store(db_url, generated_events(300))
+    upsert_heatmap(engine, compute_heatmap(engine, DAY, "1", 6, kinds=KINDS), NOW)
+    broken = compute_heatmap(engine, DAY, "1", 6, kinds=KINDS)
+    broken.kinds["deaths"].matrix[0, 0] = broken.matrix[0, 0] + 1  # a bitmask bug would look like this
+    with pytest.raises(InconsistentHeatmap, match="kind deaths counts more than the positions"):
+        upsert_heatmap(engine, broken, NOW + dt.timedelta(hours=1))
+    with engine.connect() as conn:
+        stamps = conn.execute(sa.select(heatmap_kinds.c.updated_at.distinct())).scalars().all()
+    assert stamps == [NOW]  # the rows written before are all still there, unchanged

@@ -420,6 +420,16 @@ def kind_rows(result: HeatmapResult, now: dt.datetime) -> list[dict]:
     return rows
 
 
+def kinds_within_positions(result: HeatmapResult) -> list[str]:
+    """Every kind is a subset of the positions: its events no more, and no cell above the
+    positions' cell (the kinds' bitmasks and the positions were binned in the same pass)."""
+    problems = []
+    for name, kind in result.kinds.items():
+        if kind.events > result.points or np.any(kind.matrix > result.matrix):
+            problems.append(f"kind {name} counts more than the positions ({kind.events} events of {result.points})")
+    return problems
+
+
 def upsert_heatmap(
     warehouse: sa.Engine,
     result: HeatmapResult,
@@ -439,6 +449,7 @@ def upsert_heatmap(
     with warehouse.begin() as conn:
         lock_partition(conn, "heatmaps", result.level, result.date)
         problems = verify(conn, row) if verify is not None else []
+        problems += kinds_within_positions(result)
         if problems:
             raise InconsistentHeatmap(
                 f"heatmap of level {result.level} on {result.date} not written, it fails its consistency rule: "
