@@ -157,3 +157,15 @@ def test_an_empty_matrix_and_no_bounds_still_render():
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         render_heatmap_png(np.ones((2, 2)), **{"bounds": GridBounds(0, 1, 0, 1), **kwargs})
+
+
+def test_coordinates_near_the_largest_float_are_drawn_in_powers_of_ten():
+    bounds = GridBounds(-1e308, 1e308, -0.5, 0.5)
+    matrix = np.zeros((2, 4))
+    matrix[1, 3] = 2  # highest x, highest y
+    png = render_heatmap_png(matrix, bounds=bounds, scale="linear")
+    box, read_back = plot_geometry(png)
+    assert read_back == bounds  # the true world, for readers
+    x, y = hottest_pixel(decode(png), box)
+    expected = world_to_pixel(png, 0.75e308, 0.25)
+    assert abs(x - expected[0]) <= (box[2] - box[0]) / 4 and abs(y - expected[1]) <= (box[3] - box[1]) / 2

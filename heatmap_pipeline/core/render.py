@@ -75,6 +75,13 @@ def _norm(matrix: np.ndarray, scale: str, diverging: bool) -> colors.Normalize:
     return colors.LogNorm(vmin=min(low, peak), vmax=peak if peak > low else low * 10)
 
 
+def _unit(low: float, high: float) -> float:
+    """1, or the power of ten to draw an axis in when its width would overflow a float (or come
+    near it: matplotlib's transforms multiply them)."""
+    largest = max(abs(low), abs(high))
+    return 10.0 ** math.floor(math.log10(largest)) if largest > 1e150 else 1.0
+
+
 def render_heatmap_png(
     matrix,
     *,
@@ -101,12 +108,19 @@ def render_heatmap_png(
     if width_px < 200:
         raise ValueError(f"width_px must be at least 200, got {width_px}")
     box, world = _as_bounds(bounds, matrix.shape)
-    width_world, height_world = box.x_max - box.x_min, box.y_max - box.y_min
-    if not (math.isfinite(width_world) and math.isfinite(height_world) and width_world > 0 and height_world > 0):
+    if not (all(math.isfinite(v) for v in box.as_list()) and box.x_min < box.x_max and box.y_min < box.y_max):
         raise ValueError(f"bounds must be finite with x_min < x_max and y_min < y_max, got {box.as_list()}")
+    true_box, x_unit, y_unit = box, _unit(box.x_min, box.x_max), _unit(box.y_min, box.y_max)
+    if (x_unit, y_unit) != (1.0, 1.0):  # near the largest float: drawn in units of 10**k (labelled), no overflow
+        box = GridBounds(box.x_min / x_unit, box.x_max / x_unit, box.y_min / y_unit, box.y_max / y_unit)
+        background = None if background is None else Background(
+            background.path, background.x_min / x_unit, background.x_max / x_unit,
+            background.y_min / y_unit, background.y_max / y_unit,
+        )
+    width_world, height_world = box.x_max - box.x_min, box.y_max - box.y_min
 
     # The plot area's pixel size: the full width left by the margins, the height by the world's
-    # aspect (clamped, so a very thin or tall level still fits; set_aspect keeps it true then).
+    # aspect (clamped, so a very thin or tall level still fits).
     plot_w = width_px - _MARGIN["left"] - _MARGIN["right"]
     plot_h = max(24, min(round(plot_w * height_world / width_world), round(plot_w * _MAX_ASPECT)))
     height_px = plot_h + _MARGIN["top"] + _MARGIN["bottom"]
@@ -151,7 +165,9 @@ def render_heatmap_png(
     )
     ax.set_xlim(box.x_min, box.x_max)
     ax.set_ylim(box.y_min, box.y_max)
-    ax.set_aspect("equal" if world else "auto", adjustable="box")
+    # the box is already sized to the world's aspect; only a clamped one (a level over 3x taller
+    # than wide, or flatter than 24 px) is stretched rather than drawn as a sliver
+    ax.set_aspect("auto")
     ax.tick_params(labelsize=_FONT, length=3)
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(MaxNLocator(nbins=6))
@@ -160,9 +176,10 @@ def render_heatmap_png(
     centre = left + axes_box[2] / 2
     if title:
         fig.text(centre, 1 - 6 / height_px, title, fontsize=_FONT + 1, ha="center", va="top")
-    fig.text(centre, 2 / height_px, "x" if world else "x cell", fontsize=_FONT, ha="center", va="bottom")
-    fig.text(2 / width_px, bottom + axes_box[3] / 2, "y" if world else "y cell", fontsize=_FONT,
-             ha="left", va="center", rotation=90)
+    x_name = ("x" if world else "x cell") + (f" (x{x_unit:.0e})" if x_unit != 1.0 else "")
+    y_name = ("y" if world else "y cell") + (f" (x{y_unit:.0e})" if y_unit != 1.0 else "")
+    fig.text(centre, 2 / height_px, x_name, fontsize=_FONT, ha="center", va="bottom")
+    fig.text(2 / width_px, bottom + axes_box[3] / 2, y_name, fontsize=_FONT, ha="left", va="center", rotation=90)
 
     bar_axes = fig.add_axes([
         (width_px - _MARGIN["right"] + 12) / width_px, bottom, 12 / width_px, axes_box[3],
@@ -173,7 +190,6 @@ def render_heatmap_png(
              fontsize=_FONT, ha="right", va="center", rotation=90)
     bar.solids.set_alpha(1.0)
 
-    ax.apply_aspect()  # the final plot area (set_aspect shrinks it when clamped), without a draw
     position = ax.get_position()  # figure fractions, origin at the bottom
     x0, x1 = position.x0 * width_px, position.x1 * width_px
     y0, y1 = position.y0 * height_px, position.y1 * height_px
@@ -183,7 +199,7 @@ def render_heatmap_png(
         buffer,
         format="png",
         dpi=_DPI,
-        metadata={"heatmap:plot_box": plot_box, "heatmap:bounds": ",".join(f"{v:.17g}" for v in extent)},
+        metadata={"heatmap:plot_box": plot_box, "heatmap:bounds": ",".join(f"{v:.17g}" for v in true_box.as_list())},
         pil_kwargs={"compress_level": 3},  # optimize=True cost ~50 ms a PNG for 20% fewer bytes
     )
     return buffer.getvalue()
@@ -201,6 +217,7 @@ def plot_geometry(png: bytes) -> tuple[tuple[int, int, int, int], GridBounds]:
 def world_to_pixel(png: bytes, x: float, y: float) -> tuple[int, int]:
     """The PNG pixel (column, row) showing world point (x, y)."""
     (left, top, right, bottom), b = plot_geometry(png)
-    column = left + (x - b.x_min) / (b.x_max - b.x_min) * (right - left)
-    row = bottom - (y - b.y_min) / (b.y_max - b.y_min) * (bottom - top)
+    # halves: a world near the largest float must not overflow (halving is exact)
+    column = left + (x / 2 - b.x_min / 2) / (b.x_max / 2 - b.x_min / 2) * (right - left)
+    row = bottom - (y / 2 - b.y_min / 2) / (b.y_max / 2 - b.y_min / 2) * (bottom - top)
     return min(int(column), right - 1), min(int(row), bottom - 1)

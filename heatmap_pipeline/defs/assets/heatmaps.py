@@ -120,13 +120,18 @@ def build_level_heatmaps_asset(
         )
         previews = {}
         for name, kind in result.kinds.items():
-            png = render_heatmap_png(
-                kind.matrix,
-                bounds=result.bounds,
-                title=f"{config.name} - {day} - {name}: {int(kind.summary['sum'])} events",
-                background=config.background,
-                width_px=PREVIEW_WIDTH_PX,
-            )
+            try:
+                png = render_heatmap_png(
+                    kind.matrix,
+                    bounds=result.bounds,
+                    title=f"{config.name} - {day} - {name}: {int(kind.summary['sum'])} events",
+                    background=config.background,
+                    width_px=PREVIEW_WIDTH_PX,
+                )
+            except (ValueError, OSError) as exc:  # the rows are written: a picture we cannot draw is said, not fatal
+                context.log.warning(f"no preview of {name} for level {level} {day}: {exc}")
+                previews[f"preview_error_{name}"] = dg.MetadataValue.text(str(exc))
+                continue
             if name == POSITIONS:  # the key and text the UI showed before kinds
                 previews["preview"] = png_markdown(png, f"heatmap level {level} {day}")
             else:
