@@ -9,13 +9,15 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-
 from urllib.parse import quote
 
 import httpx
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
+from heatmap_pipeline.warehouse.db import get_engine
+from heatmap_pipeline.warehouse.tables import heatmap_kinds, heatmaps
 from heatmap_pipeline.web.app import create_app
 from heatmap_pipeline.web.auth import UI_COOKIE, session_token
 from heatmap_pipeline_tests.admin_servers import serve_in_thread
@@ -27,11 +29,23 @@ OLD_DATE_ERROR = b'{"detail":"Invalid date format. Use YYYY-MM-DD"}'
 OLD_NOT_FOUND = b'{"detail":"Heatmap not found for specified level/date"}'
 
 
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("read_api")
+    url = f"sqlite:///{home / 'warehouse.sqlite'}"
+    with serve_in_thread(create_app(read_api_settings(url, home))) as base:
+        yield base, url
+
+
 @pytest.fixture
-def server(tmp_path, sqlite_url):
-    """(base URL, warehouse URL) of an admin server with keyed reads."""
-    with serve_in_thread(create_app(read_api_settings(sqlite_url, tmp_path))) as base:
-        yield base, sqlite_url
+def server(shared_server):
+    """(base URL, warehouse URL) of an admin server with keyed reads (SQLite), its heatmap tables emptied:
+    one server for the module, as starting one per test cost most of the module's time."""
+    base, url = shared_server
+    with get_engine(url).begin() as conn:
+        conn.execute(sa.delete(heatmap_kinds))
+        conn.execute(sa.delete(heatmaps))
+    return base, url
 
 
 # One client for the module: httpx.get() builds a client (and its TLS context) per call, ~50 ms each.
@@ -434,11 +448,6 @@ def test_no_png_parameter_value_makes_a_5xx(server):
 
 
 def test_a_stored_matrix_not_of_its_recorded_grid_is_a_409_not_a_500(server):
-    import sqlalchemy as sa
-
-    from heatmap_pipeline.warehouse.db import get_engine
-    from heatmap_pipeline.warehouse.tables import heatmap_kinds
-
     base, url = server
     put_kind(url, "1", D3, "positions", np.ones((3, 3)))
     with get_engine(url).begin() as conn:  # a row edited by hand: 3 x 3 cells claimed, 2 x 2 stored
