@@ -248,19 +248,20 @@ def _held_ids(write: sa.Connection, day: dt.date, ids: list[str]) -> tuple[dict[
     return clean, quarantined
 
 
-def _already_loaded(arrived: list[sa.RowMapping], clean: dict[str, dt.datetime | None], quarantined: set[str]) -> set[str]:
+def _already_loaded(
+    keyed: list[tuple[str, sa.RowMapping]], clean: dict[str, dt.datetime | None], quarantined: set[str]
+) -> set[str]:
     """Ids whose one row in the window is the very row the day holds clean: the same created_at,
     no other row of the id in the window or the quarantine. Nothing about them can have changed
     (the overlap re-reads each tick's latest rows), so they are not loaded again."""
-    rows_of = collections.Counter(str(row["id"]) for row in arrived if row["id"] is not None)
+    rows_of = collections.Counter(key for key, _ in keyed)
     return {
-        str(row["id"])
-        for row in arrived
-        if row["id"] is not None
-        and rows_of[str(row["id"])] == 1
-        and str(row["id"]) not in quarantined
-        and clean.get(str(row["id"])) is not None
-        and clean[str(row["id"])] == _arrival(row["created_at"])
+        key
+        for key, row in keyed
+        if rows_of[key] == 1
+        and key not in quarantined
+        and clean.get(key) is not None
+        and clean[key] == _arrival(row["created_at"])
     }
 
 
@@ -386,20 +387,21 @@ def load_increment(
             window = lambda src: src.c.created_at > since_value  # noqa: E731
         arrived = _extract(read, day, rules, window)
 
-        native_ids = {str(row["id"]): row["id"] for row in arrived if row["id"] is not None}
+        keyed = [(str(row["id"]), row) for row in arrived if row["id"] is not None]  # (str: a uuid's text)
+        native_ids = {key: row["id"] for key, row in keyed}
         held_clean, held_quarantined = _held_ids(write, day, sorted(native_ids))
-        unchanged = _already_loaded(arrived, held_clean, held_quarantined)
+        unchanged = _already_loaded(keyed, held_clean, held_quarantined)
         held = sorted((held_clean.keys() | held_quarantined) - unchanged)
-        has_null_ids = any(row["id"] is None for row in arrived)
+        has_null_ids = len(keyed) < len(arrived)
         # Each id the day holds is judged again on all its rows of the day; null ids all again.
         again: list[sa.RowMapping] = []
         if held:
-            values = [native_ids[i] for i in held]
+            values = [native_ids[key] for key in held]
             again.extend(_extract(read, day, rules, lambda src: _one_of(dialect, src.c.id, values)))
         if has_null_ids:
             again.extend(_extract(read, day, rules, lambda src: src.c.id.is_(None)))
-        held_set = set(held)
-        fresh = [row for row in arrived if row["id"] is not None and str(row["id"]) not in held_set | unchanged]
+        not_fresh = set(held) | unchanged
+        fresh = [row for key, row in keyed if key not in not_fresh]
 
         cleaner = EventCleaner(day, rules, now)
         clean_rows, rejected = cleaner.clean(fresh)
