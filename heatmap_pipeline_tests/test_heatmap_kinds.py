@@ -194,6 +194,7 @@ name = "Meadow"
 bounds = [0, 100, 0, 50]
 grid = [8, 5]
 kinds = ["deaths", "deaths_build_42"]
+background = { image = "meadow.png", x_min = 0, x_max = 100, y_min = 0, y_max = 50 }
 """
 
 
@@ -211,6 +212,9 @@ def test_the_asset_writes_the_kinds_of_the_levels_file(monkeypatch, sqlite_url, 
     write_source_events(sqlite_url, source)
     levels_file = tmp_path / "levels.toml"
     levels_file.write_text(LEVELS_TOML)
+    from PIL import Image
+
+    Image.new("RGB", (200, 100), (0, 160, 0)).save(tmp_path / "meadow.png")
     defs = build_defs(monkeypatch, sqlite_url, HEATMAP_LEVELS="1", HEATMAP_LEVELS_FILE=str(levels_file))
     assert materialize_etl(defs, "2025-11-16").success
     result = materialize_heatmap(defs, "2025-11-16", "1")
@@ -228,17 +232,22 @@ def test_the_asset_writes_the_kinds_of_the_levels_file(monkeypatch, sqlite_url, 
     metadata = result.asset_materializations_for_node("level_heatmaps")[0].metadata
     assert {metadata[f"sum_{k}"].value for k in ("positions", "deaths", "deaths_build_42")} == {4.0, 2.0, 1.0}
     assert metadata["kinds"].value["deaths"]["events"] == 3
-    # a preview per kind, in the level's world: 100 wide, 50 high
+    # a preview per kind, in the level's world (100 wide, 50 high), over the level's art
     import base64
+    import io
     import re
 
-    from heatmap_pipeline.core.render import plot_geometry
+    from PIL import Image
+
+    from heatmap_pipeline.core.render import plot_geometry, world_to_pixel
 
     for key in ("preview", "preview_deaths", "preview_deaths_build_42"):
-        encoded = re.search(r"base64,([A-Za-z0-9+/=]+)\)", metadata[key].value).group(1)
-        (left, top, right, bottom), bounds = plot_geometry(base64.b64decode(encoded))
+        png = base64.b64decode(re.search(r"base64,([A-Za-z0-9+/=]+)\)", metadata[key].value).group(1))
+        (left, top, right, bottom), bounds = plot_geometry(png)
         assert bounds == GridBounds(0, 100, 0, 50)
         assert (right - left) / (bottom - top) == pytest.approx(2.0, rel=0.03)
+        art = Image.open(io.BytesIO(png)).convert("RGB").getpixel(world_to_pixel(png, 30, 45))  # an empty cell
+        assert art == (0, 160, 0), key
 
 
 def test_a_kind_counting_more_than_the_positions_is_never_written(db_url):

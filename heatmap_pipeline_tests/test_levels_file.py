@@ -1,6 +1,7 @@
 """HEATMAP_LEVELS_FILE: the levels file (TOML or YAML), its errors (file, line, field) and how it
 combines with HEATMAP_LEVELS, HEATMAP_GRID_SIZE and HEATMAP_BOUNDS."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def test_a_file_configures_levels_and_kinds_and_wins_over_the_variables(art, nam
     assert caves.name == "Caves"
     assert caves.bounds == GridBounds(0, 200, 1, 115)  # the file wins over HEATMAP_BOUNDS
     assert (caves.grid_x, caves.grid_y) == (80, 40)  # and over HEATMAP_GRID_SIZE
-    assert caves.background == Background(art / "art" / "caves.png", -10, 210, 0, 120)
+    assert caves.background == Background((art / "art" / "caves.png").resolve(), -10, 210, 0, 120)
     assert caves.kinds == ("positions", "deaths", "deaths_build_42")  # positions always first
     assert settings.heatmap_kinds["deaths_build_42"] == KindConfig("deaths_build_42", frozenset({"death"}), {"build": "42"})
     assert set(settings.heatmap_kinds) == {"positions", "deaths", "jumps", "deaths_build_42"}
@@ -122,21 +123,20 @@ def test_a_schema_error_names_the_file_the_line_and_the_field(tmp_path, text, li
     assert problem in message
 
 
-def test_a_toml_syntax_error_names_the_file_and_the_line(tmp_path):
-    path = write(tmp_path, "levels.toml", '[levels.1]\nname = a\ngrid = 3\n')
-    with pytest.raises(LevelsFileError, match=rf"{path}: not valid TOML: .*at line 2"):
-        load_levels_file(path)
-    write(tmp_path, "levels.toml", '[levels.1]\nname = "a"\nbounds = [0, 1,\n')
-    with pytest.raises(LevelsFileError, match=rf"{path}: not valid TOML: .*end of document, line 3"):
-        load_levels_file(path)
-
-
-def test_a_yaml_error_names_the_file_the_line_and_the_field(tmp_path):
-    path = write(tmp_path, "levels.yml", "levels:\n  '1':\n    grid: [10, 20]\n    bounds: [0, 1]\n")
-    with pytest.raises(LevelsFileError, match=rf"{path}, line 4, field levels.1.bounds: must be 4 numbers"):
-        load_levels_file(path)
-    write(tmp_path, "levels.yml", "levels:\n  '1': {grid: [10, 20}\n")
-    with pytest.raises(LevelsFileError, match=rf"{path}: not valid YAML at line 2"):
+@pytest.mark.parametrize(
+    "name, text, expected",
+    [
+        ("levels.toml", "[levels.1]\nname = a\ngrid = 3\n", ": not valid TOML: .*at line 2"),
+        ("levels.toml", '[levels.1]\nname = "a"\nbounds = [0, 1,\n', ": not valid TOML: .*end of document, line 3"),
+        ("levels.yml", "levels:\n  '1': {grid: [10, 20}\n", ": not valid YAML at line 2"),
+        ("levels.yml", "levels:\n  '1':\n    grid: [10, 20]\n    bounds: [0, 1]\n",
+         ", line 4, field levels.1.bounds: must be 4 numbers"),
+    ],
+    ids=["toml-value", "toml-unclosed", "yaml-syntax", "yaml-schema"],
+)
+def test_a_syntax_or_yaml_error_names_the_file_and_the_line(tmp_path, name, text, expected):
+    path = write(tmp_path, name, text)
+    with pytest.raises(LevelsFileError, match=re.escape(str(path)) + expected):
         load_levels_file(path)
 
 
@@ -148,3 +148,20 @@ def test_a_bad_file_stops_start_up_naming_the_variable_file_line_and_field(tmp_p
         load_settings({"HEATMAP_LEVELS_FILE": str(tmp_path / "absent.toml")})
     with pytest.raises(SettingsError, match="HEATMAP_LEVELS_FILE .*use a .toml, .yaml or .yml file"):
         load_settings({"HEATMAP_LEVELS_FILE": str(write(tmp_path, "levels.json", "{}"))})
+
+
+def test_the_example_levels_file_describes_the_demo_levels(monkeypatch, tmp_path):
+    from heatmap_pipeline.runtime.demo import LEVEL_WORLDS
+
+    example = Path(__file__).parents[1] / "examples" / "levels.toml"
+    monkeypatch.chdir(tmp_path)  # the art is found relative to the file, wherever the process runs
+    settings = load_settings({"HEATMAP_LEVELS_FILE": str(example)})
+    assert settings.heatmap_levels == ("1", "2", "3")
+    for level, ((x0, x1, y0, y1), _hotspots) in LEVEL_WORLDS.items():
+        config = settings.level_config(level)
+        assert config.bounds == GridBounds(x0, x1, y0, y1)
+        background = config.background
+        assert background.path.is_absolute() and background.path.is_file()
+        assert (background.x_min, background.x_max, background.y_min, background.y_max) == (x0, x1, y0, y1)
+        with Image.open(background.path) as image:  # the art has the world's aspect ratio
+            assert image.width / image.height == pytest.approx((x1 - x0) / (y1 - y0))

@@ -318,8 +318,8 @@ class _Checker:
         if not (isinstance(image, str) and image.strip()):
             self.fail((*keys, "image"), "must be the path of a PNG or JPEG image (relative to this file).")
         image_path = Path(image)
-        if not image_path.is_absolute():
-            image_path = self.path.parent / image_path
+        if not image_path.is_absolute():  # relative to the file; absolute, so no process's cwd matters
+            image_path = (self.path.parent / image_path).resolve()
         if not image_path.is_file():
             self.fail((*keys, "image"), f"no such file: {image_path}.")
         corners = []
