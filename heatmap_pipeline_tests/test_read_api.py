@@ -343,6 +343,10 @@ def test_the_openapi_schema_describes_every_read_parameter(server):
         assert parameters and all(p.get("description") for p in parameters), (path, parameters)
     names = {p["name"] for p in paths["/api/v1/heatmap"]["get"]["parameters"]}
     assert names == {"level", "date", "from", "to", "kind", "normalize", "smooth", "compare_from", "compare_to"}
+    kinds = [p["schema"] for path in paths.values() for p in path.get("get", {}).get("parameters", []) if p["name"] == "kind"]
+    assert len(kinds) == 3  # the day/range read, the listing, the PNG: each lists this deployment's kinds
+    assert all("positions, deaths, jumps" == ", ".join(
+        next((o for o in k.get("anyOf", [k]) if o.get("type") == "string"))["enum"]) for k in kinds), kinds
 
 
 HOSTILE = ["", " ", "-1", "0", "1e309", "nan", "-inf", "9" * 400, "2025-02-30", "0000-01-01", "9999-12-31",

@@ -104,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if app.openapi_schema is None or app.state.openapi_day != today:
             app.openapi_schema, app.state.openapi_day = None, today
             run_jobs.document_body(FastAPI.openapi(app), settings, today)  # FastAPI.openapi caches what it returns
+            heatmaps.document_kinds(app.openapi_schema, settings)
         return app.openapi_schema
 
     app.openapi = openapi

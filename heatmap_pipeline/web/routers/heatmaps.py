@@ -40,6 +40,7 @@ from heatmap_pipeline.core.combine import (
 )
 from heatmap_pipeline.core.binning import GridBounds
 from heatmap_pipeline.core.render import render_heatmap_png
+from heatmap_pipeline.settings import Settings
 from heatmap_pipeline.warehouse.heatmap_reads import POSITIONS, StoredHeatmap, read_heatmaps
 from heatmap_pipeline.web.auth import UNAUTHORIZED, authenticated_key
 from heatmap_pipeline.web.deps import SettingsDep, WarehouseDep, client_host, known_query_only
@@ -172,6 +173,17 @@ def read_options(settings: SettingsDep, kind: KindQuery = POSITIONS, normalize: 
 
 
 OptionsDep = Annotated[ReadOptions, Depends(read_options)]
+
+
+def document_kinds(openapi: dict, settings: Settings) -> None:
+    """This deployment's kinds as the ``kind`` parameters' enum: they come from the settings (the
+    levels file), so FastAPI cannot know them when the routes are declared."""
+    for methods in openapi["paths"].values():
+        for parameter in methods.get("get", {}).get("parameters", []):
+            if parameter["name"] == "kind" and parameter["in"] == "query":
+                schema = parameter["schema"]
+                target = next((option for option in schema.get("anyOf", []) if option.get("type") == "string"), schema)
+                target["enum"] = list(settings.heatmap_kinds)
 
 
 # --- reading and combining -------------------------------------------------------------------------
