@@ -6,6 +6,7 @@ import base64
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 
@@ -17,7 +18,13 @@ from heatmap_pipeline.web.auth import (
     matching_key,
     session_token,
 )
-from heatmap_pipeline.web.webserver import AUTHENTICATED, ApiKeyMiddleware, anonymous_may
+from heatmap_pipeline.web.webserver import (
+    AUTHENTICATED,
+    ApiKeyMiddleware,
+    anonymous_may,
+    graphql_get_mutates,
+    same_site_request,
+)
 from heatmap_pipeline_tests.admin_servers import serve_in_thread
 
 KEYS = ("new-key", "old-key")
@@ -96,7 +103,8 @@ def test_middleware_accepts_header_basic_auth_and_then_the_cookie(closed_server)
     assert first.text == "authenticated"
     cookie = first.headers["set-cookie"]
     assert cookie.startswith(f"{UI_COOKIE}=") and "HttpOnly" in cookie and "SameSite=Strict" in cookie and "new-key" not in cookie
-    assert browser.post(f"{closed_server}/report").text == "authenticated"  # cookie alone
+    same_site = {"origin": closed_server}
+    assert browser.post(f"{closed_server}/report", headers=same_site).text == "authenticated"  # cookie alone
     browser.close()
 
 
@@ -122,4 +130,75 @@ def test_websocket_needs_the_key_or_the_cookie(closed_server):
         connect(ws_url, open_timeout=5)
     assert refused.value.response.status_code == 403
     with connect(ws_url, additional_headers={"Cookie": f"{UI_COOKIE}={session_token('new-key')}"}, open_timeout=5) as ws:
+        assert ws.recv(timeout=5) == "hello"
+
+
+# --- Cross-site requests (issue 11, point 9) ---------------------------------------------------
+LAUNCH = "mutation { launchRun(executionParams: {}) { __typename } }"
+
+
+def test_a_graphql_get_mutates_when_any_operation_is_a_mutation_or_subscription():
+    from urllib.parse import urlencode
+
+    assert graphql_get_mutates(urlencode({"query": LAUNCH}).encode())
+    assert graphql_get_mutates(urlencode({"query": "query A { version } mutation B { x }", "operationName": "A"}).encode())
+    assert graphql_get_mutates(urlencode({"query": "subscription { logs }"}).encode())
+    assert not graphql_get_mutates(urlencode({"query": "{ version }"}).encode())
+    assert not graphql_get_mutates(urlencode({"query": "mutation {"}).encode())  # Dagster answers the syntax error
+    assert not graphql_get_mutates(b"")
+
+
+def test_same_site_means_origin_or_referer_naming_this_host_or_json_without_either():
+    def check(**headers):
+        return same_site_request(Headers({"host": "ui.example:3000", **{k.replace("_", "-"): v for k, v in headers.items()}}))
+
+    assert check(origin="http://ui.example:3000") and check(origin="https://UI.example:3000")
+    assert not check(origin="http://evil.example") and not check(origin="null")
+    assert not check(origin="http://ui.example:3001") and not check(origin="http://evil.example", referer="http://ui.example:3000/x")
+    assert check(referer="http://ui.example:3000/runs") and not check(referer="http://evil.example/ui.example:3000")
+    assert check(content_type="application/json; charset=utf-8")  # no Origin, no Referer: not a browser form
+    assert not check(content_type="application/x-www-form-urlencoded") and not check(content_type="text/plain") and not check()
+    assert check(origin="https://ui.example", x_forwarded_host="ui.example")  # behind a proxy that rewrites Host
+    assert same_site_request(Headers({"host": "ui.example", "origin": "https://ui.example:443"}))
+
+
+def test_graphql_mutations_over_get_are_refused_with_405_whoever_sends_them(closed_server):
+    for headers in ({"authorization": basic("new-key")}, {"x-api-key": "new-key"}, {}):
+        response = httpx.get(f"{closed_server}/graphql", params={"query": LAUNCH}, headers=headers)
+        assert response.status_code == 405 and "refused over GET" in response.json()["detail"], headers
+        assert response.headers["allow"] == "POST"
+    query = httpx.get(f"{closed_server}/graphql", params={"query": "{ version }"}, headers={"authorization": basic("new-key")})
+    assert query.text == "authenticated"
+
+
+def test_state_changing_requests_with_browser_credentials_must_be_same_site(closed_server):
+    cookie = {"cookie": f"{UI_COOKIE}={session_token('new-key')}"}
+    for credentials in ({"authorization": basic("new-key")}, cookie):
+        form = {**credentials, "content-type": "application/x-www-form-urlencoded"}
+        for refused in ({**form, "origin": "http://evil.example"}, {**form, "referer": "http://evil.example/page"}, form,
+                        {**credentials, "content-type": "application/json", "origin": "http://evil.example"}):
+            response = httpx.post(f"{closed_server}/graphql", headers=refused)
+            assert response.status_code == 403 and "Cross-site request refused" in response.json()["detail"], refused
+        for allowed in ({**form, "origin": closed_server}, {**form, "referer": f"{closed_server}/runs"},
+                        {**credentials, "content-type": "application/json"}):
+            assert httpx.post(f"{closed_server}/graphql", headers=allowed).text == "authenticated", allowed
+        assert httpx.get(f"{closed_server}/graphql", headers={**credentials, "origin": "http://evil.example"}).text == "authenticated"
+    # API clients are not affected, whatever they send.
+    api_client = {"x-api-key": "old-key", "origin": "http://evil.example", "content-type": "text/plain"}
+    assert httpx.post(f"{closed_server}/report", headers=api_client).text == "authenticated"
+
+
+def test_websocket_with_the_cookie_from_another_origin_is_refused(closed_server):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    ws_url = closed_server.replace("http://", "ws://") + "/graphql"
+    cookie = {"Cookie": f"{UI_COOKIE}={session_token('new-key')}"}
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url, additional_headers={**cookie, "Origin": "http://evil.example"}, open_timeout=5)
+    assert refused.value.response.status_code == 403
+    for origin in ({"Origin": closed_server}, {}):  # its own page, or no browser at all
+        with connect(ws_url, additional_headers={**cookie, **origin}, open_timeout=5) as ws:
+            assert ws.recv(timeout=5) == "hello"
+    with connect(ws_url, additional_headers={"x-api-key": "new-key", "Origin": "http://evil.example"}, open_timeout=5) as ws:
         assert ws.recv(timeout=5) == "hello"

@@ -9,6 +9,19 @@ Accepted credentials, any key of ADMIN_API_KEY: the ``x-api-key`` header (API cl
 (browsers: any user name), or the cookie set after a successful Basic login (covers websockets).
 With DAGSTER_UI_ANONYMOUS_READ_ONLY=true, requests without a key get Dagster's read-only mode:
 they can look, and every mutation answers UnauthorizedError.
+
+Cross-site requests: a browser sends Basic credentials and the cookie with requests that other
+sites' pages make, so those credentials alone must not change state.
+- GraphQL mutations (and subscriptions) over GET are refused for everyone (405): a link or an
+  ``<img>`` could send them. Dagster's UI sends them by POST.
+- A state-changing request (any method but GET, HEAD, OPTIONS) authenticated by Basic auth or
+  the cookie must come from this server's own pages (:func:`same_site_request`): its ``Origin``
+  (or, without one, its ``Referer``) names this host, or it has neither and is
+  ``application/json``, which no cross-site form can send without a CORS preflight (never granted
+  here). Otherwise 403.
+- A websocket handshake authenticated by Basic auth or the cookie with an ``Origin`` of another
+  host is refused (browsers always send ``Origin`` on websockets).
+- Clients sending ``x-api-key`` are not affected: no browser adds that header by itself.
 """
 
 from __future__ import annotations
@@ -16,10 +29,12 @@ from __future__ import annotations
 import logging
 from http.cookies import SimpleCookie
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
+from heatmap_pipeline.orchestration import API_KEY_HEADER
 from heatmap_pipeline.web.auth import (
     UI_COOKIE,
     UI_NO_KEY_CONFIGURED,
@@ -27,6 +42,7 @@ from heatmap_pipeline.web.auth import (
     authenticated_key,
     basic_auth_password,
     key_for_session_token,
+    matching_key,
     session_token,
 )
 from heatmap_pipeline.web.limits import HeaderSizeLimit
@@ -43,6 +59,52 @@ def _cookies(headers: Headers) -> dict[str, str]:
     except Exception:  # noqa: BLE001 - a malformed cookie header just means no cookie
         return {}
     return {name: morsel.value for name, morsel in jar.items()}
+
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+MUTATION_OVER_GET = ("GraphQL mutations and subscriptions are refused over GET (a link or an image on any page could "
+                     "send them with your browser's credentials): send them by POST.")
+CROSS_SITE = ("Cross-site request refused: a request that changes state with Basic auth or the UI cookie must come from "
+              "this server's own pages (Origin or Referer naming this host). API clients: send the x-api-key header.")
+
+
+def _host(value: str) -> str:
+    """``host[:port]`` of a URL or Host header, lower case, without the default ports."""
+    netloc = urlsplit(value).netloc if "://" in value else value
+    netloc = netloc.rpartition("@")[2].strip().lower()
+    for default in (":80", ":443"):
+        if netloc.endswith(default):
+            return netloc[: -len(default)]
+    return netloc
+
+
+def same_site_request(headers: Headers) -> bool:
+    """Whether a browser could only have sent this request from this server's own pages (see the module docstring).
+
+    The host a page was served from is the ``Host`` header, or ``X-Forwarded-Host`` behind a
+    proxy that rewrites ``Host`` (neither can be set by a cross-site form)."""
+    ours = {_host(value) for value in (headers.get("host", ""), headers.get("x-forwarded-host", "")) if value}
+    source = headers.get("origin") or headers.get("referer")
+    if source:
+        return _host(source) in ours and source.strip().lower() != "null"
+    return headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+
+
+def graphql_get_mutates(query_string: bytes) -> bool:
+    """Whether a GraphQL GET request's ``query`` holds a mutation or a subscription. An unparsable
+    query mutates nothing: Dagster answers it with its syntax error."""
+    from graphql import GraphQLError, OperationDefinitionNode, OperationType, parse
+
+    queries = parse_qs(query_string.decode("latin-1")).get("query", [])
+    for query in queries:
+        try:
+            document = parse(query)
+        except (GraphQLError, RecursionError):
+            continue
+        if any(isinstance(node, OperationDefinitionNode) and node.operation != OperationType.QUERY
+               for node in document.definitions):
+            return True
+    return False
 
 
 def anonymous_may(scope: dict) -> bool:
@@ -66,9 +128,20 @@ class ApiKeyMiddleware:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
+        if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD") \
+                and scope.get("path", "").rstrip("/").endswith("/graphql") and graphql_get_mutates(scope.get("query_string", b"")):
+            return await self._refuse(scope, receive, send, 405, MUTATION_OVER_GET, "mutation over GET",
+                                      {"Allow": "POST"})
         cookies = _cookies(headers)
         key = authenticated_key(headers, self.keys, cookies) if self.keys else None
         scope[AUTHENTICATED] = key is not None
+        by_browser_credentials = key is not None and matching_key(headers.get(API_KEY_HEADER), self.keys) is None
+        if by_browser_credentials and (scope["type"] == "websocket" or scope.get("method") not in SAFE_METHODS):
+            cross_site = (headers.get("origin") is not None and not same_site_request(headers)) \
+                if scope["type"] == "websocket" else not same_site_request(headers)
+            if cross_site:
+                return await self._refuse(scope, receive, send, 403, CROSS_SITE,
+                                          f"cross-site (from host {_host(headers.get('origin') or headers.get('referer') or '')!r})")
         if key is not None:
             if scope["type"] == "http" and key_for_session_token(cookies.get(UI_COOKIE), self.keys) is None \
                     and basic_auth_password(headers.get("authorization")):
@@ -76,17 +149,19 @@ class ApiKeyMiddleware:
             return await self.app(scope, receive, send)
         if self.anonymous_read_only and anonymous_may(scope):
             return await self.app(scope, receive, send)
+        if not self.keys:
+            return await self._refuse(scope, receive, send, 503, UI_NO_KEY_CONFIGURED, "no valid API key")
+        return await self._refuse(scope, receive, send, 401, UNAUTHORIZED, "no valid API key", {"WWW-Authenticate": REALM})
+
+    @staticmethod
+    async def _refuse(scope, receive, send, status: int, detail: str, why: str, headers: dict | None = None) -> None:
         client = (scope.get("client") or ("unknown",))[0]
-        log.warning(f"Dagster webserver: refused {scope.get('method', 'WEBSOCKET')} {scope.get('path')} from {client}: no valid API key")
+        log.warning(f"Dagster webserver: refused {scope.get('method', 'WEBSOCKET')} {scope.get('path')} from {client}: {why}")
         if scope["type"] == "websocket":
             await receive()  # websocket.connect
             await send({"type": "websocket.close", "code": 1008})
             return
-        if not self.keys:
-            response = JSONResponse({"detail": UI_NO_KEY_CONFIGURED}, status_code=503)
-        else:
-            response = JSONResponse({"detail": UNAUTHORIZED}, status_code=401, headers={"WWW-Authenticate": REALM})
-        await response(scope, receive, send)
+        await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, receive, send)
 
     @staticmethod
     def _setting_cookie(send, token: str):
