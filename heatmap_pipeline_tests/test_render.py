@@ -10,7 +10,7 @@ from PIL import Image
 
 from heatmap_pipeline.core.binning import GridBounds
 from heatmap_pipeline.core.levels import Background
-from heatmap_pipeline.core.render import plot_geometry, render_heatmap_png, world_to_pixel
+from heatmap_pipeline.core.render import plot_geometry, render_heatmap_png, render_heatmap_pngs, world_to_pixel
 
 LEVEL_3 = GridBounds(0, 197, 1, 115)  # the example: 1.7 times wider than high
 
@@ -169,3 +169,18 @@ def test_coordinates_near_the_largest_float_are_drawn_in_powers_of_ten():
     x, y = hottest_pixel(decode(png), box)
     expected = world_to_pixel(png, 0.75e308, 0.25)
     assert abs(x - expected[0]) <= (box[2] - box[0]) / 4 and abs(y - expected[1]) <= (box[3] - box[1]) / 2
+
+
+def test_several_matrices_in_one_figure_draw_as_each_alone(tmp_path):
+    art = tmp_path / "art.png"
+    Image.new("RGB", (20, 10), (0, 120, 0)).save(art)
+    background = Background(art, 0, 100, 0, 50)
+    rng = np.random.default_rng(4)
+    matrices = [rng.poisson(lam, (5, 10)) * 1.0 for lam in (4.0, 0.5, 0.0)]
+    titles = ["positions", "deaths", "jumps"]
+    together = render_heatmap_pngs(matrices, bounds=GridBounds(0, 100, 0, 50), titles=titles, background=background,
+                                   width_px=480)
+    for png, matrix, title in zip(together, matrices, titles):
+        alone = render_heatmap_png(matrix, bounds=GridBounds(0, 100, 0, 50), title=title, background=background,
+                                   width_px=480)
+        assert np.array_equal(np.asarray(decode(png)), np.asarray(decode(alone))), title

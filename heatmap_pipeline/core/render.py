@@ -100,14 +100,38 @@ def render_heatmap_png(
     on a blue-white-red map symmetric around 0. ``background``: the level art, drawn under the
     heatmap at its world corners. ``width_px``: the PNG's width; its height follows the world's
     aspect ratio."""
+    return render_heatmap_pngs(
+        [matrix], bounds=bounds, titles=[title], scale=scale, background=background,
+        diverging=diverging, colorbar_label=colorbar_label, width_px=width_px,
+    )[0]
+
+
+def render_heatmap_pngs(
+    matrices: Sequence,
+    *,
+    bounds: GridBounds | Sequence[float] | None,
+    titles: Sequence[str],
+    scale: str = "sqrt",
+    background: Background | None = None,
+    diverging: bool = False,
+    colorbar_label: str = "events",
+    width_px: int = 640,
+) -> list[bytes]:
+    """One PNG per matrix, as render_heatmap_png draws it, for matrices of one grid and bounds
+    (the kinds of a level and day). One figure serves them all, its data, colour scale and title
+    changed between saves: a third cheaper than a figure each (its axes, ticks and background
+    are built once)."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
-    matrix = np.asarray(matrix, dtype=np.float64)
-    if matrix.ndim != 2 or not matrix.size:
-        raise ValueError(f"matrix must be a non-empty 2-D grid, got shape {matrix.shape}")
+    matrices = [np.asarray(m, dtype=np.float64) for m in matrices]
+    if len(titles) != len(matrices):
+        raise ValueError(f"{len(matrices)} matrices but {len(titles)} titles")
+    for matrix in matrices:
+        if matrix.ndim != 2 or not matrix.size or matrix.shape != matrices[0].shape:
+            raise ValueError(f"matrices must be non-empty 2-D grids of one shape, got shape {matrix.shape}")
     if width_px < 200:
         raise ValueError(f"width_px must be at least 200, got {width_px}")
-    box, world = _as_bounds(bounds, matrix.shape)
+    box, world = _as_bounds(bounds, matrices[0].shape)
     if not (all(math.isfinite(v) for v in box.as_list()) and box.x_min < box.x_max and box.y_min < box.y_max):
         raise ValueError(f"bounds must be finite with x_min < x_max and y_min < y_max, got {box.as_list()}")
     true_box, x_unit, y_unit = box, _unit(box.x_min, box.x_max), _unit(box.y_min, box.y_max)
@@ -138,7 +162,6 @@ def render_heatmap_png(
         fig.patches.append(Rectangle((x, y), w, h, transform=fig.transFigure, facecolor="white", edgecolor="none", zorder=-10))
     ax = fig.add_axes(axes_box)
     ax.set_facecolor("none")
-    extent = (box.x_min, box.x_max, box.y_min, box.y_max)
 
     if background is not None:
         with Image.open(background.path) as art:
@@ -152,14 +175,13 @@ def render_heatmap_png(
 
     # masked (empty) cells: transparent
     cmap = matplotlib.colormaps["RdBu_r" if diverging else "inferno"].with_extremes(bad=(0, 0, 0, 0))
-    shown = np.ma.masked_where((matrix == 0) | ~np.isfinite(matrix), matrix)
     image = ax.imshow(
-        shown,
-        extent=extent,
+        _shown(matrices[0]),
+        extent=(box.x_min, box.x_max, box.y_min, box.y_max),
         origin="lower",
         interpolation="nearest",
         cmap=cmap,
-        norm=_norm(matrix, scale, diverging),
+        norm=_norm(matrices[0], scale, diverging),
         alpha=0.85 if background is not None else 1.0,
         zorder=1,
     )
@@ -174,8 +196,7 @@ def render_heatmap_png(
     # Title and axis names as figure text at fixed places: matplotlib's own (set_title, set_xlabel)
     # measure every tick label to place themselves, which was a third of a preview's time.
     centre = left + axes_box[2] / 2
-    if title:
-        fig.text(centre, 1 - 6 / height_px, title, fontsize=_FONT + 1, ha="center", va="top")
+    title = fig.text(centre, 1 - 6 / height_px, "", fontsize=_FONT + 1, ha="center", va="top")
     x_name = ("x" if world else "x cell") + (f" (x{x_unit:.0e})" if x_unit != 1.0 else "")
     y_name = ("y" if world else "y cell") + (f" (x{y_unit:.0e})" if y_unit != 1.0 else "")
     fig.text(centre, 2 / height_px, x_name, fontsize=_FONT, ha="center", va="bottom")
@@ -188,21 +209,31 @@ def render_heatmap_png(
     bar.ax.tick_params(labelsize=_FONT - 1, length=2)
     fig.text((width_px - 4) / width_px, bottom + axes_box[3] / 2, f"{colorbar_label} ({scale})",
              fontsize=_FONT, ha="right", va="center", rotation=90)
-    bar.solids.set_alpha(1.0)
 
     position = ax.get_position()  # figure fractions, origin at the bottom
     x0, x1 = position.x0 * width_px, position.x1 * width_px
     y0, y1 = position.y0 * height_px, position.y1 * height_px
-    plot_box = f"{round(x0)},{round(height_px - y1)},{round(x1)},{round(height_px - y0)}"
-    buffer = io.BytesIO()
-    fig.savefig(
-        buffer,
-        format="png",
-        dpi=_DPI,
-        metadata={"heatmap:plot_box": plot_box, "heatmap:bounds": ",".join(f"{v:.17g}" for v in true_box.as_list())},
-        pil_kwargs={"compress_level": 3},  # optimize=True cost ~50 ms a PNG for 20% fewer bytes
-    )
-    return buffer.getvalue()
+    geometry = {
+        "heatmap:plot_box": f"{round(x0)},{round(height_px - y1)},{round(x1)},{round(height_px - y0)}",
+        "heatmap:bounds": ",".join(f"{v:.17g}" for v in true_box.as_list()),
+    }
+    pngs = []
+    for matrix, text in zip(matrices, titles):
+        image.set_data(_shown(matrix))
+        image.set_norm(_norm(matrix, scale, diverging))
+        bar.update_normal(image)
+        bar.solids.set_alpha(1.0)
+        title.set_text(text)
+        buffer = io.BytesIO()
+        # optimize=True cost ~50 ms a PNG for 20% fewer bytes
+        fig.savefig(buffer, format="png", dpi=_DPI, metadata=geometry, pil_kwargs={"compress_level": 3})
+        pngs.append(buffer.getvalue())
+    return pngs
+
+
+def _shown(matrix: np.ndarray) -> np.ma.MaskedArray:
+    """Empty (0) and non-finite cells masked: drawn transparent."""
+    return np.ma.masked_where((matrix == 0) | ~np.isfinite(matrix), matrix)
 
 
 def plot_geometry(png: bytes) -> tuple[tuple[int, int, int, int], GridBounds]:
