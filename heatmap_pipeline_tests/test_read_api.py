@@ -470,3 +470,19 @@ def test_a_background_that_went_missing_is_left_out_not_a_500(tmp_path, sqlite_u
         response = get(base, "/api/v1/heatmaps/1/2025-11-16.png")
     png(response)
     assert response.headers["x-heatmap-background"] == "unreadable"
+
+
+def test_summaries_carry_no_matrix_and_the_matrices_come_one_row_at_a_time(sqlite_url):
+    from heatmap_pipeline.warehouse.heatmap_reads import read_heatmaps, stored_matrices
+
+    put_old_row(sqlite_url, "1", D1, [[1.0, 2.0]])
+    put_kind(sqlite_url, "1", D2, "positions", [[3, 4]])
+    engine = get_engine(sqlite_url)
+    found = read_heatmaps(engine, level="1", kind="positions", with_matrix=False)
+    assert [(h.date, h.source_table, h.matrix, h.total) for h in found] == [
+        (D1, "heatmaps", None, 3.0), (D2, "heatmap_kinds", None, 7.0)]
+    matrices = stored_matrices(engine, found)
+    assert next(matrices) == [[1.0, 2.0]]
+    with engine.begin() as conn:  # read lazily: the next row is fetched only when asked for
+        conn.execute(sa.update(heatmap_kinds).values(matrix=[[5.0, 6.0]]))
+    assert next(matrices) == [[5.0, 6.0]]

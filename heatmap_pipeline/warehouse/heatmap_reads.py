@@ -9,6 +9,7 @@ Such a day has no sessions count (``sessions`` is None).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -131,3 +132,19 @@ def _old_only_positions(conn, level, first, last, with_matrix, limit) -> list[St
     rows = conn.execute(query.limit(limit) if limit else query)
     # The matrix is needed for the totals the old job did not write; dropped afterwards if not asked for.
     return [_from_old_table(row, with_matrix) for row in rows]
+
+
+def stored_matrices(engine: sa.Engine, found: Iterable[StoredHeatmap]) -> Iterator[list]:
+    """The matrix of each listed heatmap, read one row at a time by its key: a long range of large
+    grids never sits in memory at once (92 days of 1000 x 1000 cells would be gigabytes of lists)."""
+    with engine.connect() as conn:
+        for heatmap in found:
+            if heatmap.matrix is not None:
+                yield heatmap.matrix
+            elif heatmap.source_table == "heatmap_kinds":
+                yield conn.execute(sa.select(heatmap_kinds.c.matrix).where(
+                    heatmap_kinds.c.level == heatmap.level, heatmap_kinds.c.date == heatmap.date,
+                    heatmap_kinds.c.kind == heatmap.kind)).scalar_one()
+            else:
+                yield conn.execute(sa.select(heatmaps.c.matrix).where(
+                    heatmaps.c.level == heatmap.level, heatmaps.c.date == heatmap.date)).scalar_one()

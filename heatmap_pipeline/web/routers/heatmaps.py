@@ -41,7 +41,7 @@ from heatmap_pipeline.core.combine import (
 from heatmap_pipeline.core.binning import GridBounds
 from heatmap_pipeline.core.render import render_heatmap_png
 from heatmap_pipeline.settings import Settings
-from heatmap_pipeline.warehouse.heatmap_reads import POSITIONS, StoredHeatmap, read_heatmaps
+from heatmap_pipeline.warehouse.heatmap_reads import POSITIONS, StoredHeatmap, read_heatmaps, stored_matrices
 from heatmap_pipeline.web.auth import UNAUTHORIZED, authenticated_key
 from heatmap_pipeline.web.deps import SettingsDep, WarehouseDep, client_host, known_query_only
 
@@ -197,6 +197,7 @@ class RangeRead:
     matrix: np.ndarray
     binning: Binning
     missing: list[dt.date] = field(default_factory=list)
+    stored_matrix: list | None = None  # the one day's matrix as stored, for a single day
 
     @property
     def total(self) -> float:
@@ -222,7 +223,7 @@ def _conflict(exc: BinningMismatch, what: str) -> HTTPException:
 
 
 def read_range(engine, level: str, span: DayRange, options: ReadOptions, what: str) -> RangeRead:
-    days = read_heatmaps(engine, level=level, kind=options.kind, first=span.first, last=span.last)
+    days = read_heatmaps(engine, level=level, kind=options.kind, first=span.first, last=span.last, with_matrix=False)
     if not days:
         raise HTTPException(404, NOT_FOUND if span.days == 1 and what == "date"
                             else f"No {options.kind} heatmap of level {level!r} in {what} {span}")
@@ -231,14 +232,18 @@ def read_range(engine, level: str, span: DayRange, options: ReadOptions, what: s
     except BinningMismatch as exc:
         raise _conflict(exc, f"{what} {span}") from None
     shape = (binning.grid_y, binning.grid_x)
+    as_stored: list = []  # one day's matrix as the database returned it (the old reader's bytes)
+    matrices = stored_matrices(engine, days)
+    if len(days) == 1:
+        matrices = as_stored = list(matrices)
     try:
-        matrix = sum_matrices((day.matrix for day in days), shape)
+        matrix = sum_matrices(matrices, shape)
     except ValueError as exc:  # a stored matrix not of its recorded grid: the row is corrupt
         raise HTTPException(409, f"{what} {span}: a stored matrix does not match its grid ({exc}); "
                                  "re-materialize level_heatmaps for these days") from None
     found = {day.date for day in days}
     missing = [span.first + dt.timedelta(n) for n in range(span.days) if span.first + dt.timedelta(n) not in found]
-    result = RangeRead(span, days, matrix, binning, missing)
+    result = RangeRead(span, days, matrix, binning, missing, as_stored[0] if as_stored else None)
     if options.normalize == "per_session" and result.sessions is None:
         old = [day.date.isoformat() for day in days if day.sessions is None]
         raise HTTPException(409, f"normalize=per_session: days {', '.join(old)} of {what} {span} have no sessions count "
@@ -290,7 +295,7 @@ def _answer(read: HeatmapRead, date_text: str | None, as_stored: bool) -> dict:
     answer = {
         "level": read.level,
         "date": date_text,
-        "matrix": days[0].matrix if as_stored else matrix.tolist(),
+        "matrix": base.stored_matrix if as_stored else matrix.tolist(),
         "kind": read.options.kind,
         "grid_x": base.binning.grid_x,
         "grid_y": base.binning.grid_y,
