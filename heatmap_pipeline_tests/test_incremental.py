@@ -41,7 +41,7 @@ def _arrival(row: dict) -> dt.datetime | None:
     return row["created_at"] if isinstance(row["created_at"], dt.datetime) else None
 
 
-def arrivals_by_tick(rows: list[dict]) -> list[list[dict]]:
+def arrivals_by_tick(rows: list[dict], duplicates: bool = True) -> list[list[dict]]:
     """The rows each tick finds newly inserted: by created_at, a few committed late (inserted after
     the tick their created_at belongs to, within the overlap), later duplicates and a displacing
     row of ids loaded before, and one session's events in every tick."""
@@ -57,16 +57,19 @@ def arrivals_by_tick(rows: list[dict]) -> list[list[dict]]:
         for row in late:
             batches[i].remove(row)
             batches[i + 1].append(row)
-    ids = [r for r in batches[1] if isinstance(r["id"], int)]
-    recent = [r for r in ids if TICKS[1] - dt.timedelta(minutes=4) <= _arrival(r)]  # inside the next tick's overlap
-    kept = [ids[0], recent[0]]
-    batches[2].append(event(at(10, 30), {"x": 9, "y": 9, "level": 1}, id=kept[0]["id"], created_at=at(10, 30)))  # duplicate_id
-    # an earlier valid row of an id already kept, committed late inside the overlap: it becomes the kept one
-    displacing = _arrival(kept[1]) - dt.timedelta(microseconds=1)
-    batches[2].append(event(displacing, {"x": -50, "y": 77, "level": 1}, id=kept[1]["id"], created_at=displacing, session_id="sZ"))
+    if duplicates:
+        ids = [r for r in batches[1] if isinstance(r["id"], int)]
+        recent = [r for r in ids if TICKS[1] - dt.timedelta(minutes=4) <= _arrival(r)]  # inside the next tick's overlap
+        kept = [ids[0], recent[0]]
+        batches[2].append(event(at(10, 30), {"x": 9, "y": 9, "level": 1}, id=kept[0]["id"], created_at=at(10, 30)))  # duplicate_id
+        # an earlier valid row of an id already kept, committed late inside the overlap: it becomes the kept one
+        displacing = _arrival(kept[1]) - dt.timedelta(microseconds=1)
+        batches[2].append(event(displacing, {"x": -50, "y": 77, "level": 1}, id=kept[1]["id"], created_at=displacing, session_id="sZ"))
     for i, tick in enumerate(TICKS[:-1]):  # one session across every tick
         moment = tick - dt.timedelta(minutes=10)
-        batches[i].append(event(moment, {"x": i, "y": -i, "level": 2, "score": 10 * i}, id=9000 + i, session_id="sA", created_at=moment))
+        kind = "death" if i == 1 else "move"  # deaths, a smaller user id and a better score arrive later
+        payload = {"x": i, "y": -i, "level": 2 + i % 2, "score": 10 * i, "final_score": 15 * i if i == 2 else None}
+        batches[i].append(event(moment, payload, id=9000 + i, session_id="sA", user_id=f"u{9 - i}", event_type=kind, created_at=moment))
     return batches
 
 
@@ -87,9 +90,9 @@ def warehouse_tables(engine: sa.Engine) -> dict[str, list[tuple]]:
         }
 
 
-def _new_source(url: str) -> sa.Engine:
+def _new_source(url: str, unique_id: bool = False) -> sa.Engine:
     engine = get_engine(url)
-    create_source(url, "TEXT" if engine.dialect.name == "sqlite" else "text", unique_id=False)
+    create_source(url, "TEXT" if engine.dialect.name == "sqlite" else "text", unique_id=unique_id)
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE INDEX ix_events_created_at ON events (created_at)"))
     return engine
@@ -118,14 +121,17 @@ def _databases(dialect: str, tmp_path, count: int):
 
 @pytest.mark.parametrize("dialect", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 @pytest.mark.parametrize("path", ["same-database", "two-databases"])
-def test_incremental_ticks_equal_one_full_load(dialect, path, tmp_path):
+@pytest.mark.parametrize("ids", ["duplicate-ids", "primary-key"])
+def test_incremental_ticks_equal_one_full_load(dialect, path, ids, tmp_path):
+    """With a primary key on events.id (the old schema), a tick looks up only the rows a load can have read."""
+    unique_id = ids == "primary-key"
     with _databases(dialect, tmp_path, 3 if path == "two-databases" else 2) as urls:
-        source = _new_source(urls[0])
+        source = _new_source(urls[0], unique_id)
         warehouse = get_engine(urls[1]) if path == "two-databases" else source
         full_url = urls[-1]
         ensure_warehouse_schema(warehouse)
-        rows = source_day(with_duplicates=True, sqlite=dialect == "sqlite")
-        batches = arrivals_by_tick(rows)
+        rows = source_day(with_duplicates=not unique_id, sqlite=dialect == "sqlite")
+        batches = arrivals_by_tick(rows, duplicates=not unique_id)
         results = []
         for batch in batches:
             _insert(source, batch)
@@ -137,7 +143,7 @@ def test_incremental_ticks_equal_one_full_load(dialect, path, tmp_path):
         assert results[0].method.startswith(expected_method)
 
         # the same source rows, loaded once in full into a fresh warehouse
-        full_source = _new_source(full_url)
+        full_source = _new_source(full_url, unique_id)
         _insert(full_source, [row for batch in batches for row in batch])
         ensure_warehouse_schema(full_source)
         _load(full_source, full_source, tick=False)

@@ -62,7 +62,7 @@ def ensure_warehouse_schema(engine: sa.Engine) -> None:
         inspector = sa.inspect(conn)
         old_tables = {t.name for t in metadata.sorted_tables if inspector.has_table(t.name)}
         metadata.create_all(conn, checkfirst=True)
-        for name in ("heatmaps", "leaderboard_aggregates", "admin_trigger_requests"):
+        for name in ("heatmaps", "leaderboard_aggregates", "admin_trigger_requests", "etl_watermarks", "session_stats_pending"):
             if name in old_tables:
                 _add_missing_columns(conn, metadata.tables[name])
         if "quarantined_events" in old_tables:  # create_all adds no index to an existing table

@@ -89,23 +89,20 @@ def _session_row(day: dt.date, agg, levels) -> dict:
 
 
 def merge_added_rows(conn: sa.Connection, day: dt.date, sessions: list[str]) -> list[dict]:
-    """``sessions``' stored rows with their pending added game_events rows folded in (SQL does the
-    min/max, so text compares as in a full rebuild)."""
+    """``sessions``' stored rows with their pending added rows folded in (SQL does the min/max, so
+    text compares as in a full rebuild)."""
     pending = session_stats_pending
-    joined = game_events.join(
-        pending, sa.and_(game_events.c.event_date == pending.c.event_date, game_events.c.event_id == pending.c.event_id)
-    )
-    added_where = [pending.c.event_date == day, pending.c.session_id.in_(sessions), _session_key() == pending.c.session_id]
+    added_where = [pending.c.event_date == day, pending.c.session_id.in_(sessions), pending.c.event_id != WHOLE_SESSION]
     added = sa.select(
         pending.c.session_id,
-        game_events.c.user_id,
-        game_events.c.ts.label("first_event_at"),
-        game_events.c.ts.label("last_event_at"),
+        pending.c.user_id,
+        pending.c.ts.label("first_event_at"),
+        pending.c.ts.label("last_event_at"),
         sa.literal(1).label("event_count"),
-        _best_score().label("max_score"),
-        game_events.c.final_score,
-        sa.case((_is_death(), 1), else_=0).label("deaths"),
-    ).select_from(joined).where(*added_where)
+        pending.c.max_score,
+        pending.c.final_score,
+        pending.c.deaths,
+    ).where(*added_where)
     stored = sa.select(
         session_stats.c.session_id,
         session_stats.c.user_id,
@@ -137,10 +134,7 @@ def merge_added_rows(conn: sa.Connection, day: dt.date, sessions: list[str]) -> 
     ):
         levels.setdefault(session_id, set()).update(level for level in (played or "").split(",") if level)
     for session_id, level in conn.execute(
-        sa.select(pending.c.session_id, game_events.c.level)
-        .select_from(joined)
-        .where(*added_where, game_events.c.level.is_not(None))
-        .distinct()
+        sa.select(pending.c.session_id, pending.c.level).where(*added_where, pending.c.level.is_not(None)).distinct()
     ):
         levels.setdefault(session_id, set()).add(level)
     return [_session_row(day, agg, levels.get(agg["session_id"], ())) for agg in aggregates]
@@ -240,9 +234,34 @@ def mark_day_for_rebuild(conn: sa.Connection, day: dt.date) -> None:
     conn.execute(session_stats_pending.insert().values(event_date=day, session_id=WHOLE_DAY, event_id=""))
 
 
-def pending_rows(day: dt.date, added: list[tuple[str, str]], lost: set[str]) -> list[dict]:
-    """The ``session_stats_pending`` rows an ETL tick writes in its transaction: the (session,
-    event id) of each added row, and the sessions that lost a row (summed again from game_events)."""
-    rows = [{"event_date": day, "session_id": session, "event_id": event} for session, event in added]
-    rows += [{"event_date": day, "session_id": session, "event_id": WHOLE_SESSION} for session in sorted(lost)]
+def session_key(session_id: str | None) -> str:
+    return NO_SESSION if session_id is None else session_id
+
+
+def pending_rows(day: dt.date, added: list[dict], lost: set[str]) -> list[dict]:
+    """The ``session_stats_pending`` rows an ETL tick writes in its transaction: each added
+    game_events row with what its session's stats need (``build_session_rows``' rules, in Python),
+    and a marker for each session that lost a row (summed again from game_events)."""
+    rows = []
+    for row in added:
+        score, final = row["score"], row["final_score"]
+        rows.append(
+            {
+                "event_date": day,
+                "session_id": session_key(row["session_id"]),
+                "event_id": row["event_id"],
+                "user_id": row["user_id"],
+                "ts": row["ts"],
+                "max_score": final if final is not None and (score is None or final > score) else score,
+                "final_score": final,
+                "deaths": int(row["event_type"] in DEATH_EVENTS or row["event_name"] in DEATH_EVENTS),
+                "level": row["level"],
+            }
+        )
+    for session in sorted(lost):
+        rows.append({"event_date": day, "session_id": session, "event_id": WHOLE_SESSION, "user_id": None, "ts": None,
+                     "max_score": None, "final_score": None, "deaths": None, "level": None})
     return rows
+
+
+PENDING_COLUMNS = [c.name for c in session_stats_pending.columns]

@@ -228,6 +228,7 @@ etl_watermarks = sa.Table(
     sa.Column("event_date", sa.Date, primary_key=True),
     sa.Column("created_at_watermark", sa.DateTime(timezone=False), comment="newest source created_at loaded (UTC, not after the run's clock)"),
     sa.Column("rows_without_arrival", sa.BigInteger, nullable=False, comment="source rows of the day with created_at NULL or before PARTITION_START_DATE"),
+    sa.Column("created_at_read_until", sa.DateTime(timezone=False), comment="a tick's clock: no row with created_at after the watermark up to this was loaded (NULL after a full load)"),
     sa.Column("rules_fingerprint", sa.String(64), nullable=False, comment="the cleaning settings the day was loaded with"),
     sa.Column("clean_rows", sa.BigInteger, nullable=False, comment="game_events rows of the day after the last load"),
     sa.Column("quarantined_rows", sa.BigInteger, nullable=False, comment="quarantined_events rows of the day after the last load"),
@@ -236,13 +237,20 @@ etl_watermarks = sa.Table(
 )
 
 # What session_stats has not folded in yet, written by the ETL in the transaction of its rows and
-# emptied by session_stats: (session, event id) of each added game_events row; (session, '') when
-# a session lost a row (recompute it); ('*', '') after a full load of the day (rebuild the day).
+# emptied by session_stats: each added game_events row with what its session's stats need (so the
+# merge reads no game_events); (session, '') when a session lost a row (recompute it); ('*', '')
+# after a full load of the day (rebuild the day).
 session_stats_pending = sa.Table(
     "session_stats_pending",
     metadata,
     sa.Column("event_date", sa.Date, nullable=False),
     sa.Column("session_id", sa.String(128), nullable=False),
     sa.Column("event_id", _bytewise(64), nullable=False),
+    sa.Column("user_id", sa.String(128)),
+    sa.Column("ts", sa.DateTime(timezone=False)),
+    sa.Column("max_score", sa.Float, comment="the better of score and final_score, as session_stats.max_score counts it"),
+    sa.Column("final_score", sa.Float),
+    sa.Column("deaths", sa.Integer),
+    sa.Column("level", sa.String(64)),
     sa.Index("ix_session_stats_pending_date", "event_date"),
 )

@@ -41,9 +41,10 @@ from sqlalchemy.dialects import postgresql
 from heatmap_pipeline.core.binning import PositionRanges
 from heatmap_pipeline.core.cleaning import CleaningRules, EventCleaner, Rejected, to_utc_naive
 from heatmap_pipeline.warehouse.etl import pg_partitions
+from heatmap_pipeline.warehouse.etl.sql_path import source_id_is_unique
 from heatmap_pipeline.warehouse.etl.writing import EtlResult, bulk_insert, insert_cleaned
 from heatmap_pipeline.warehouse.locks import lock_partition
-from heatmap_pipeline.warehouse.sessions import NO_SESSION, mark_day_for_rebuild, pending_rows
+from heatmap_pipeline.warehouse.sessions import PENDING_COLUMNS, mark_day_for_rebuild, pending_rows, session_key
 from heatmap_pipeline.warehouse.source import (
     created_at_value,
     day_filter,
@@ -64,6 +65,10 @@ DEFAULT_OVERLAP = dt.timedelta(minutes=5)
 @dataclass(frozen=True)
 class Watermark:
     created_at: dt.datetime | None  # newest created_at loaded (naive UTC); None: the day had no usable one
+    # A tick's clock: rows with created_at after ``created_at`` up to this were not loaded (the tick
+    # read every committed row, and its watermark is the newest of them up to its clock). None
+    # after a full load, whose watermark is read before the load.
+    read_until: dt.datetime | None
     rows_without_arrival: int
     rules_fingerprint: str
     clean_rows: int
@@ -148,6 +153,7 @@ def read_watermark(conn: sa.Connection, day: dt.date) -> Watermark | None:
         return None
     return Watermark(
         row["created_at_watermark"],
+        row["created_at_read_until"],
         int(row["rows_without_arrival"]),
         row["rules_fingerprint"],
         int(row["clean_rows"]),
@@ -161,6 +167,7 @@ def _write_watermark(conn: sa.Connection, day: dt.date, mark: Watermark, mode: s
         etl_watermarks.insert().values(
             event_date=day,
             created_at_watermark=mark.created_at,
+            created_at_read_until=mark.read_until,
             rows_without_arrival=mark.rows_without_arrival,
             rules_fingerprint=mark.rules_fingerprint,
             clean_rows=mark.clean_rows,
@@ -198,7 +205,9 @@ def after_full_load(
     previous (older) watermark stays, and the next tick only re-reads more than it needs to."""
     with warehouse.begin() as write:
         lock_partition(write, "game_events", day)
-        watermark = Watermark(mark.newest_arrival, mark.rows_without_arrival, rules_fingerprint(rules), result.clean, result.quarantined)
+        watermark = Watermark(
+            mark.newest_arrival, None, mark.rows_without_arrival, rules_fingerprint(rules), result.clean, result.quarantined
+        )
         _write_watermark(write, day, watermark, "full", now)
         if write.dialect.name == "postgresql":
             # A fresh partition has no statistics until autovacuum visits it (never, where it is off):
@@ -248,6 +257,16 @@ def _held_ids(write: sa.Connection, day: dt.date, ids: list[str]) -> tuple[dict[
     return clean, quarantined
 
 
+def _surely_unread(mark: Watermark, arrival: dt.datetime | None) -> bool:
+    """The row arrived after the watermark and no later than the last tick's clock: no load read it."""
+    return (
+        arrival is not None
+        and mark.read_until is not None
+        and (mark.created_at is None or arrival > mark.created_at)
+        and arrival <= mark.read_until
+    )
+
+
 def _already_loaded(
     keyed: list[tuple[str, sa.RowMapping]], clean: dict[str, dt.datetime | None], quarantined: set[str]
 ) -> set[str]:
@@ -286,10 +305,6 @@ def _delete_held(write: sa.Connection, day: dt.date, ids: list[str], null_ids: b
         quarantined_events.delete().where(quarantined_events.c.partition_date == day, held_quarantine)
     ).rowcount
     return clean, quarantined
-
-
-def _session(row: dict) -> str:
-    return NO_SESSION if row["session_id"] is None else row["session_id"]
 
 
 def _is_position(row: dict) -> bool:
@@ -389,7 +404,11 @@ def load_increment(
 
         keyed = [(str(row["id"]), row) for row in arrived if row["id"] is not None]  # (str: a uuid's text)
         native_ids = {key: row["id"] for key, row in keyed}
-        held_clean, held_quarantined = _held_ids(write, day, sorted(native_ids))
+        if source_id_is_unique(read):  # (the old schema's primary key) only rows loaded before can be held
+            maybe_held = sorted({key for key, row in keyed if not _surely_unread(mark, _arrival(row["created_at"]))})
+        else:
+            maybe_held = sorted(native_ids)
+        held_clean, held_quarantined = _held_ids(write, day, maybe_held)
         unchanged = _already_loaded(keyed, held_clean, held_quarantined)
         held = sorted((held_clean.keys() | held_quarantined) - unchanged)
         has_null_ids = len(keyed) < len(arrived)
@@ -418,8 +437,8 @@ def load_increment(
         removed_ids = {row["event_id"] for row in removed}
         added = [row for key, row in after.items() if key not in before or key in removed_ids]
         _update_position_stats(write, day, removed, added)
-        pending = pending_rows(day, [(_session(row), row["event_id"]) for row in added], {_session(row) for row in removed})
-        bulk_insert(write, session_stats_pending, pending, ["event_date", "session_id", "event_id"])
+        pending = pending_rows(day, added, {session_key(row["session_id"]) for row in removed})
+        bulk_insert(write, session_stats_pending, pending, PENDING_COLUMNS)
 
         newest = max((a for a in map(_arrival, (row["created_at"] for row in arrived)) if a is not None and a <= now), default=None)
         watermark = max((m for m in (mark.created_at, newest) if m is not None), default=None)
@@ -428,6 +447,7 @@ def load_increment(
             day,
             Watermark(
                 watermark,
+                now,
                 mark.rows_without_arrival,
                 mark.rules_fingerprint,
                 mark.clean_rows - deleted_clean + len(clean_rows),

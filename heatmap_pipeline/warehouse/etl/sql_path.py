@@ -568,3 +568,8 @@ def load_partition_sql(
     result.residue = cleaner.extracted
     result.reasons = dict(sorted(reasons.items()))
     return result
+
+
+def source_id_is_unique(conn: sa.Connection) -> bool:
+    """A primary key or unique index on exactly ``events.id`` forbids duplicate ids (any dialect)."""
+    return _pg_id_is_unique(conn) if conn.dialect.name == "postgresql" else _sqlite_id_is_unique(conn)
