@@ -18,6 +18,7 @@ from heatmap_pipeline_tests.test_admin_api import KEY, admin_settings, rows
 
 WAITERS = 200
 WAIT_SECONDS = 10  # long enough for all 200 to arrive and the probes to run while they wait
+PROBES = 200  # /healthz calls, one after the other, while all wait
 
 
 async def _wait_and_probe(url: str, settings) -> tuple[list[tuple[int, float]], list[tuple[int, float]], list[float]]:
@@ -34,7 +35,7 @@ async def _wait_and_probe(url: str, settings) -> tuple[list[tuple[int, float]], 
             await asyncio.sleep(0.1)
         probes, latencies = [], []
         async with httpx.AsyncClient(base_url=url, timeout=60) as prober:  # its own connections
-            for _ in range(50):
+            for _ in range(PROBES):
                 started = time.monotonic()
                 health = await prober.get("/healthz")
                 latencies.append(time.monotonic() - started)
@@ -50,7 +51,7 @@ def test_healthz_and_status_answer_while_200_requests_wait_and_every_waiter_gets
     settings = admin_settings(tmp_path, ADMIN_WAIT_TIMEOUT_SECONDS=str(WAIT_SECONDS), HEATMAP_LEVELS="1,2")
     with serve_in_thread(create_app(settings)) as url:
         answers, probes, latencies = asyncio.run(_wait_and_probe(url, settings))
-    assert [code for code, _at in probes] == [200] * 50 + [202]  # /healthz 50 times, then the status endpoint
+    assert [code for code, _at in probes] == [200] * PROBES + [202]  # /healthz, then the status endpoint
     assert [code for code, _at in answers] == [202] * WAITERS  # each waited its whole timeout: pending
     # Every probe was answered while all 200 were still waiting (an order, not a speed).
     assert max(at for _code, at in probes) < min(at for _code, at in answers)
