@@ -72,17 +72,47 @@ class Phase:
         self.seconds = 0.0
         self.peak_rss_mb = 0.0
         self.start_rss_mb = 0.0
+        self.cpu_seconds = 0.0  # this process (Python, Dagster, SQLite)
+        self.db_cpu_seconds = None  # PostgreSQL: the benchmark database's backends
+
+
+def _backend_cpu(url: str | None) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to the benchmark's database (the
+    server runs on this machine; its /proc entries are readable). Parallel workers and backends
+    that exit during a phase are not counted."""
+    if url is None or not url.startswith("postgresql"):
+        return {}
+    from heatmap_pipeline.warehouse.db import get_engine
+
+    with get_engine(url).connect() as conn:
+        pids = conn.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")).scalars().all()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a server elsewhere, or the backend just left
+            continue
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return cpu
 
 
 @contextmanager
-def measure(name: str):
+def measure(name: str, url: str | None = None):
+    """Wall seconds, this process's CPU and peak RSS of the block; with a PostgreSQL ``url``, the
+    CPU its backends spent (on a shared machine wall time waits for cores, CPU time does not)."""
     phase = Phase(name)
     reset_peak_rss()
     phase.start_rss_mb = _status_kb("VmRSS") / 1024
-    started = time.perf_counter()
+    db_before = _backend_cpu(url)
+    started, cpu_started = time.perf_counter(), time.process_time()
     yield phase
     phase.seconds = time.perf_counter() - started
+    phase.cpu_seconds = time.process_time() - cpu_started
     phase.peak_rss_mb = _status_kb("VmHWM") / 1024
+    if url is not None and url.startswith("postgresql"):
+        db_after = _backend_cpu(url)
+        phase.db_cpu_seconds = sum(cpu - db_before.get(pid, 0.0) for pid, cpu in db_after.items())
 
 
 def load_average() -> str:
@@ -152,8 +182,11 @@ def label(n: int) -> str:
 _PG_GENERATE = [
     "INSERT INTO users (id) SELECT CAST(md5('u' || u) AS uuid) FROM generate_series(0, 996) AS u",
     """INSERT INTO sessions (id) SELECT CAST(md5('s' || s) AS uuid)
-       FROM generate_series(0, CAST(:n AS bigint) / 200) AS s""",
-    """
+       FROM generate_series(0, (CAST(:n AS bigint) + :tick_room) / 200) AS s""",
+]
+
+# Rows :first..:last, stamped evenly over :span seconds from :t0, arriving :delay seconds later.
+_PG_EVENTS = """
 INSERT INTO events (id, user_id, session_id, event_type, event_name, event_category, payload, "timestamp", created_at)
 SELECT CAST(md5('e' || i) AS uuid), CAST(md5('u' || (i % 997)) AS uuid), CAST(md5('s' || (i / 200)) AS uuid),
        CASE WHEN k < 90 OR k >= 98 THEN 'move' ELSE 'score' END,
@@ -166,14 +199,14 @@ SELECT CAST(md5('e' || i) AS uuid), CAST(md5('u' || (i % 997)) AS uuid), CAST(md
          WHEN k = 98 THEN '{"x": 1.5, "y": 2.5, "level": 9}'
          ELSE '{"score": ' || (a % 5000) || ', "level": ' || (1 + i % 3) || '}'
        END AS {payload_type}),
-       ts, ts
+       ts, ts + CAST(:delay AS float8) * INTERVAL '1 second'
 FROM (
     SELECT i, (i * 48271) % 2147483647 AS a, (i * 69621) % 2147483647 AS b, i % 100 AS k,
-           TIMESTAMPTZ '2025-06-01 00:00:00+00' + ((i - 1) * 86400 / :n) * INTERVAL '1 second' AS ts
-    FROM generate_series(CAST(1 AS bigint), CAST(:n AS bigint)) AS i
+           CAST(:t0 AS timestamptz) + ((i - :first) * CAST(:span AS float8) / (:last - :first + 1)) * INTERVAL '1 second' AS ts
+    FROM generate_series(CAST(:first AS bigint), CAST(:last AS bigint)) AS i
 ) g
-""",
-]
+"""
+
 
 # A uuid-shaped text from an integer (SQLite has neither uuid nor md5): 36 characters, scattered.
 _SQLITE_UUID = (
@@ -181,11 +214,11 @@ _SQLITE_UUID = (
     "({v} * 2053) % 4096, ({v} * 1597) % 4096, ({v} * 11400714819323198485) % 281474976710656)"
 )
 
-_SQLITE_GENERATE = f"""
-WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n),
+_SQLITE_EVENTS = f"""
+WITH RECURSIVE s(i) AS (SELECT :first UNION ALL SELECT i + 1 FROM s WHERE i < :last),
 g AS (
     SELECT i, (i * 48271) % 2147483647 AS a, (i * 69621) % 2147483647 AS b, i % 100 AS k,
-           datetime('2025-06-01', '+' || ((i - 1) * 86400 / :n) || ' seconds') AS ts
+           strftime('%Y-%m-%d %H:%M:%f', :t0, '+' || ((i - :first) * :span / (:last - :first + 1.0)) || ' seconds') AS ts
     FROM s
 )
 INSERT INTO events (id, user_id, session_id, event_type, event_name, event_category, payload, "timestamp", created_at)
@@ -200,7 +233,7 @@ SELECT {_SQLITE_UUID.format(v="i")}, {_SQLITE_UUID.format(v="(i % 997)")}, {_SQL
          WHEN k = 98 THEN '{{"x": 1.5, "y": 2.5, "level": 9}}'
          ELSE '{{"score": ' || (a % 5000) || ', "level": ' || (1 + i % 3) || '}}'
        END,
-       ts, ts
+       ts, strftime('%Y-%m-%d %H:%M:%f', ts, '+' || :delay || ' seconds')
 FROM g
 """
 
@@ -216,9 +249,29 @@ _SQLITE_SCHEMA = [
 ]
 
 
+# The index README.md asks a deployment to add (extraction of late rows, incremental ticks).
+_CREATED_AT_INDEX = "CREATE INDEX ix_events_created_at ON events (created_at)"
+TICK_EVENTS = 10_000
+
+
+def insert_events(
+    url: str, first: int, last: int, t0: str, span_seconds: float, delay_seconds: float, payload_type: str = "json"
+) -> None:
+    """Events number ``first``..``last`` of the generator, stamped evenly over ``span_seconds``
+    from ``t0`` (UTC, 'YYYY-MM-DD HH:MM:SS'), each arriving ``delay_seconds`` after its timestamp."""
+    from heatmap_pipeline.warehouse.db import get_engine
+
+    engine = get_engine(url)
+    params = {"first": first, "last": last, "t0": t0, "span": span_seconds, "delay": delay_seconds}
+    with engine.begin() as conn:
+        statement = _PG_EVENTS.replace("{payload_type}", payload_type) if engine.dialect.name == "postgresql" else _SQLITE_EVENTS
+        conn.execute(sa.text(statement), params)
+
+
 def generate_day(url: str, n: int, payload_type: str = "json") -> None:
-    """The old system's events table (PostgreSQL: ``source.old_system_source_ddl``), one day of
-    ``n`` events, its indexes built after the rows (as a long-lived table has them), analyzed."""
+    """The old system's events table (PostgreSQL: ``source.old_system_source_ddl``) plus the
+    created_at index README.md asks for, one day of ``n`` events arriving as they are stamped,
+    the indexes built after the rows (as a long-lived table has them), analyzed."""
     from heatmap_pipeline.warehouse.db import get_engine
     from heatmap_pipeline.warehouse.source import old_system_source_ddl
 
@@ -226,15 +279,15 @@ def generate_day(url: str, n: int, payload_type: str = "json") -> None:
     pg = engine.dialect.name == "postgresql"
     ddl = old_system_source_ddl(payload_type) if pg else _SQLITE_SCHEMA
     tables = [d for d in ddl if not d.startswith("CREATE INDEX")]
-    indexes = [d for d in ddl if d.startswith("CREATE INDEX")]
+    indexes = [d for d in ddl if d.startswith("CREATE INDEX")] + [_CREATED_AT_INDEX]
     with engine.begin() as conn:
         for statement in tables:
             conn.execute(sa.text(statement))
         if pg:
             for statement in _PG_GENERATE:
-                conn.execute(sa.text(statement.replace("{payload_type}", payload_type)), {"n": n})
-        else:
-            conn.execute(sa.text(_SQLITE_GENERATE), {"n": n})
+                conn.execute(sa.text(statement), {"n": n, "tick_room": TICK_EVENTS})
+    insert_events(url, 1, n, "2025-06-01 00:00:00", 86400, 0, payload_type)
+    with engine.begin() as conn:
         for statement in indexes:
             conn.execute(sa.text(statement))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -321,10 +374,10 @@ def build(url: str):
     return events_asset, (heatmaps_asset, heatmap_checks), noop, resources
 
 
-def materialize_events(events_asset, resources, instance):
+def materialize_events(events_asset, resources, instance, tags: dict | None = None):
     import dagster as dg
 
-    result = dg.materialize([events_asset], resources=resources, partition_key=DAY.isoformat(), instance=instance)
+    result = dg.materialize([events_asset], resources=resources, partition_key=DAY.isoformat(), instance=instance, tags=tags)
     assert result.success
     metadata = result.asset_materializations_for_node("game_events")[0].metadata
     return {key: getattr(value, "value", value) for key, value in metadata.items()}
@@ -474,14 +527,14 @@ def run_one(kind: str, n: int, args) -> dict:
         record["phases"][phase.name] = vars(phase)
 
         record["load_before_etl"] = load_average()
-        with measure("etl") as phase, statement_split(url) as split:
+        with measure("etl", url) as phase, statement_split(url) as split:
             meta = materialize_events(events_asset, resources, instance)
         record["phases"][phase.name] = vars(phase)
         split["everything else (Python: cleaner, Dagster, bookkeeping)"] = phase.seconds - sum(split.values())
         record["etl_split"] = dict(sorted(split.items(), key=lambda kv: -kv[1]))
         record["etl_metadata"] = {k: meta[k] for k in ("rows_extracted", "dagster/row_count", "rows_quarantined", "load_method") if k in meta}
         # no VACUUM here: the heatmaps run right after the ETL, as the schedule runs them
-        with measure("heatmaps") as phase:
+        with measure("heatmaps", url) as phase:
             materialize_heatmaps(heatmaps_asset, resources, instance)
         record["phases"][phase.name] = vars(phase)
 
@@ -510,7 +563,40 @@ def run_one(kind: str, n: int, args) -> dict:
         record["matrices_match"] = not mismatches
         if args.explain:
             record["plans"] = explain(url)
+        if not args.no_tick:
+            run_tick(url, n, args, events_asset, heatmaps_asset, resources, instance, record)
     return record
+
+
+def run_tick(url: str, n: int, args, events_asset, heatmaps, resources, instance, record: dict) -> None:
+    """A scheduled tick after 10k more events arrived (stamped 23:50-24:00, arriving 10 minutes
+    later): game_events as etl_schedule launches it (incremental), then the 3 heatmaps with their
+    check, as they follow the ETL. Checked: the tick loaded incrementally, every source row of
+    the day is stored (clean or quarantined), the heatmaps equal np.histogram2d of the typed rows."""
+    from heatmap_pipeline.orchestration import INCREMENTAL, LOAD_MODE_TAG
+    from heatmap_pipeline.warehouse.db import get_engine
+    from heatmap_pipeline.warehouse.etl.writing import partition_counts
+    from heatmap_pipeline.warehouse.invariants import count_source_rows
+
+    insert_events(url, n + 1, n + TICK_EVENTS, "2025-06-01 23:50:00", 600, 600, args.payload_type)
+    record["load_before_tick"] = load_average()
+    with measure("tick_etl", url) as phase:
+        meta = materialize_events(events_asset, resources, instance, tags={LOAD_MODE_TAG: INCREMENTAL})
+    record["phases"][phase.name] = vars(phase)
+    with measure("tick_heatmaps", url) as phase:
+        materialize_heatmaps(heatmaps, resources, instance)
+    record["phases"][phase.name] = vars(phase)
+    stored = partition_counts(get_engine(url), DAY)
+    record["tick"] = {
+        "events": TICK_EVENTS,
+        "load_mode": meta.get("load_mode"),
+        "rows_extracted_this_load": meta.get("rows_extracted_this_load"),
+        "source_rows": count_source_rows(get_engine(url), DAY),
+        "stored_rows": stored["clean"] + stored["quarantined"],
+        "matrices_match": not compare_matrices(stored_heatmaps(url), typed_histograms(url)),
+    }
+    tick = record["tick"]
+    tick["ok"] = tick["load_mode"] == INCREMENTAL and tick["source_rows"] == tick["stored_rows"] and tick["matrices_match"]
 
 
 def compare_matrices(ours: dict, reference: dict) -> list[str]:
@@ -545,24 +631,32 @@ def machine() -> dict:
 
 def table(records: list[dict]) -> str:
     lines = [
-        "| db | events/day | phase | seconds | events/s | peak RSS MB | vs reference | vs floor_read |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| db | events/day | phase | seconds | events/s | CPU s: ours / PostgreSQL | peak RSS MB | vs reference | vs floor_read |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for rec in records:
         p = rec["phases"]
         ref = p.get("reference", {}).get("seconds")
         floor = p["floor_read"]["seconds"]
-        for name in ("etl", "heatmaps", "heatmaps_no_dagster", "floor_read", "floor_bincount", "dagster_overhead", "reference"):
+        phases = ("etl", "heatmaps", "heatmaps_no_dagster", "floor_read", "floor_bincount", "dagster_overhead", "reference",
+                  "tick_etl", "tick_heatmaps")
+        for name in phases:
             if name not in p:
                 continue
             ph = p[name]
             secs = ph["seconds"]
-            rate = f"{rec['events'] / secs:,.0f}" if name not in ("dagster_overhead",) and secs else ""
+            rate = f"{rec['events'] / secs:,.0f}" if name not in ("dagster_overhead", "tick_etl", "tick_heatmaps") and secs else ""
+            if name == "tick_etl" and secs:
+                rate = f"{rec['tick']['events'] / secs:,.0f} (tick)"
+            cpu = ""
+            if ph.get("cpu_seconds") is not None and "cpu_seconds" in ph:
+                db = ph.get("db_cpu_seconds")
+                cpu = f"{ph['cpu_seconds']:.2f} / {db:.2f}" if db is not None else f"{ph['cpu_seconds']:.2f} / -"
             rss = f"{ph['peak_rss_mb']:.0f}" if ph.get("peak_rss_mb") else "-"
-            vs_ref = f"{ref / secs:.1f}x faster" if ref and name.startswith("heatmaps") else ""
+            vs_ref = f"{ref / secs:.1f}x faster" if ref and name in ("heatmaps", "heatmaps_no_dagster") else ""
             vs_floor = f"{secs / floor:.2f}x" if name.startswith("heatmaps") else ""
             note = " (extrapolated)" if ph.get("extrapolated_from") else ""
-            lines.append(f"| {rec['database']} | {label(rec['events'])} | {name}{note} | {secs:.3f} | {rate} | {rss} | {vs_ref} | {vs_floor} |")
+            lines.append(f"| {rec['database']} | {label(rec['events'])} | {name}{note} | {secs:.3f} | {rate} | {cpu} | {rss} | {vs_ref} | {vs_floor} |")
     return "\n".join(lines)
 
 
@@ -578,12 +672,13 @@ def main(argv=None) -> int:
     parser.add_argument("--reference-max", default="1M", help="run the (slow) reference up to this size; extrapolate above")
     parser.add_argument("--admin-url", default=os.environ.get("HEATMAP_TEST_POSTGRES_URL", ADMIN_PG_URL_DEFAULT))
     parser.add_argument("--explain", action="store_true", help="record query plans")
+    parser.add_argument("--no-tick", action="store_true", help="skip the incremental tick phases")
     parser.add_argument("--json", help="write the raw results to this file")
     parser.add_argument("--min-speedup", type=float, default=None, help="fail (exit 2) if heatmaps are not this much faster")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")  # Dagster's beta/preview notices
-    if args.quick:
-        args.sizes, args.min_speedup = "100k", args.min_speedup or 2.0
+    if args.quick:  # (the incremental tick has its own tests; CI keeps this short)
+        args.sizes, args.min_speedup, args.no_tick = "100k", args.min_speedup or 2.0, True
     args.reference_max = parse_size(args.reference_max)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     kinds = [k.strip() for k in args.databases.split(",") if k.strip()]
@@ -613,6 +708,10 @@ def main(argv=None) -> int:
     print()
     print(table(records))
     for rec in records:
+        print(f"\nETL split, {rec['database']} {label(rec['events'])} (seconds; load before the ETL {rec['load_before_etl']}):")
+        for kind, seconds in rec["etl_split"].items():
+            print(f"  {seconds:7.3f}  {kind}")
+    for rec in records:
         for name, plan in rec.get("plans", {}).items():
             print(f"\n#### {rec['database']} {label(rec['events'])}: {name}\n```\n{plan}\n```")
     if args.json:
@@ -625,6 +724,10 @@ def main(argv=None) -> int:
         status = 1
     else:
         print("MATRICES MATCH: every level of every run equals the reference on the same bounds")
+    failed_ticks = [f"{r['database']} {label(r['events'])}: {r['tick']}" for r in records if "tick" in r and not r["tick"]["ok"]]
+    if failed_ticks:
+        print(f"TICK WRONG: {'; '.join(failed_ticks)}")
+        status = 1
     if args.min_speedup and status == 0:
         for rec in records:
             ref = rec["phases"].get("reference", {}).get("seconds")

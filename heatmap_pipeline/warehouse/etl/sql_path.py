@@ -293,18 +293,12 @@ def _pg_statement(types: dict[str, str], id_unique: bool, target: str, day: dt.d
     ),
     ins AS (
         {insert_clean}
-        RETURNING level, x, y
     ),
     res AS (
         INSERT INTO etl_residue ({raw})
         SELECT {raw} FROM classified WHERE NOT fast
-        RETURNING 1
     )
-    SELECT NULL AS level, (SELECT count(*) FROM ins) AS n, NULL AS x_min, NULL AS x_max, NULL AS y_min, NULL AS y_max,
-           (SELECT count(*) FROM res) AS residue
-    UNION ALL
-    SELECT level, count(*), min(x), max(x), min(y), max(y), NULL FROM ins
-    WHERE level IS NOT NULL AND x IS NOT NULL AND y IS NOT NULL GROUP BY level
+    SELECT 1
     """
     return statement
 
@@ -344,12 +338,8 @@ def _pg_fast_insert(
     # The statement keeps the classified day in a tuplestore (the clean rows and the residue
     # both read it): in memory it costs a fraction of spilling ~160 bytes a row to disk.
     conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
-    fast = 0
-    for level, n, x_min, x_max, y_min, y_max, _residue in conn.execute(sa.text(statement), _params(day, rules, "postgresql")):
-        if level is None:
-            fast = n
-        else:
-            ranges.add_summary(level, n, x_min, x_max, y_min, y_max)
+    conn.execute(sa.text(statement), _params(day, rules, "postgresql"))
+    fast = _summarize_inserted(conn, target, day, ranges)
     residue = sa.table("etl_residue", *(sa.column(c) for c in _RESIDUE_COLUMNS))
     # as the extraction selects them: a time Python cannot hold comes as text (source.extracted_columns)
     query = sa.select(*extracted_columns("postgresql", residue)).order_by(residue.c.id, residue.c.created_at)
@@ -501,16 +491,7 @@ def _sqlite_fast_insert(
         payload="NULL",
     )
     conn.execute(sa.text(f"{with_clause}\n    {insert_clean}"), params)
-    # the driver's rowcount is unreliable for a statement that starts with WITH
-    inserted = conn.exec_driver_sql("SELECT changes()").scalar_one()
-    # The partition holds just these rows yet: their ranges, before the residue joins them.
-    g = game_events.c
-    for row in conn.execute(
-        sa.select(g.level, sa.func.count(), sa.func.min(g.x), sa.func.max(g.x), sa.func.min(g.y), sa.func.max(g.y))
-        .where(g.event_date == day, g.level.is_not(None), g.x.is_not(None), g.y.is_not(None))
-        .group_by(g.level)
-    ):
-        ranges.add_summary(*row)
+    inserted = _summarize_inserted(conn, game_events.name, day, ranges)
     # The residue is every row of the day whose id did not just land in the (emptied) partition:
     # a fast row's id is unique that day, so no other row shares it. This reads the day again
     # through the primary key instead of classifying every row a second time.
@@ -527,6 +508,30 @@ def _sqlite_fast_insert(
 
 
 # ----------------------------------------------------------------------------- shared ----
+
+
+def _summarize_inserted(conn: sa.Connection, target: str, day: dt.date, ranges: PositionRanges) -> int:
+    """The rows the SQL just inserted into ``target`` (which holds no other row of the day yet):
+    their count, and per level their positions' count and range, added to ``ranges``. One scan
+    of the new rows; cheaper than having the INSERT return every row (measured: 0.45 s CPU of
+    6.0 at 1M events)."""
+    t = sa.table(target, *(sa.column(c) for c in ("event_date", "level", "x", "y")))
+    position = sa.and_(t.c.level.is_not(None), t.c.x.is_not(None), t.c.y.is_not(None))
+    inserted = 0
+    for level, rows, positions, x_min, x_max, y_min, y_max in conn.execute(
+        sa.select(
+            t.c.level,
+            sa.func.count(),
+            sa.func.count().filter(position),
+            *(agg(col).filter(position) for col in (t.c.x, t.c.y) for agg in (sa.func.min, sa.func.max)),
+        )
+        .where(t.c.event_date == day)
+        .group_by(t.c.level)
+    ):
+        inserted += rows
+        if positions:
+            ranges.add_summary(level, positions, x_min, x_max, y_min, y_max)
+    return inserted
 
 
 def load_partition_sql(
