@@ -22,7 +22,9 @@ from heatmap_pipeline.web.webserver import (
     AUTHENTICATED,
     ApiKeyMiddleware,
     anonymous_may,
+    GraphQLJsonCheck,
     graphql_get_mutates,
+    json_problem,
     same_site_request,
 )
 from heatmap_pipeline_tests.admin_servers import serve_in_thread
@@ -202,3 +204,33 @@ def test_websocket_with_the_cookie_from_another_origin_is_refused(closed_server)
             assert ws.recv(timeout=5) == "hello"
     with connect(ws_url, additional_headers={"x-api-key": "new-key", "Origin": "http://evil.example"}, open_timeout=5) as ws:
         assert ws.recv(timeout=5) == "hello"
+
+
+# --- GraphQL JSON that Python cannot read: 400, not Dagster's 500 -------------------------------
+def test_json_problem_names_what_python_cannot_read_in_valid_json():
+    assert "more than 4300 digits" in json_problem(b'{"x": ' + b"7" * 5000 + b"}")
+    assert json_problem("[" * 100_000 + "]" * 100_000) == "is nested too deeply"
+    assert json_problem(b'{"x": ' + b"7" * 4000 + b"}") is None and json_problem(b'{"x": 1e999}') is None
+    assert json_problem(b"not json") is None  # Dagster's own 400
+
+
+def test_graphql_json_python_cannot_read_is_a_400_and_the_rest_reaches_the_app_intact():
+    from starlette.requests import Request
+
+    async def echo(request: Request):
+        return PlainTextResponse(f"{request.method} {len(await request.body())}")
+
+    app = Starlette(routes=[Route("/graphql", echo, methods=["GET", "POST"])])
+    with serve_in_thread(ApiKeyMiddleware(GraphQLJsonCheck(app), KEYS)) as url:
+        key = {"x-api-key": "new-key"}
+        huge = b'{"query": "{ version }", "variables": {"x": ' + b"7" * 5000 + b"}}"
+        refused = httpx.post(f"{url}/graphql", content=huge, headers={**key, "content-type": "application/json"})
+        assert refused.status_code == 400 and "more than 4300 digits" in refused.json()["detail"]
+        deep = httpx.post(f"{url}/graphql", content=b"[" * 50_000 + b"]" * 50_000, headers={**key, "content-type": "application/json"})
+        assert deep.status_code == 400 and "nested too deeply" in deep.json()["detail"]
+        over_get = httpx.get(f"{url}/graphql", params={"query": "{ version }", "variables": '{"x": ' + "7" * 5000 + "}"}, headers=key)
+        assert over_get.status_code == 400 and over_get.json()["detail"].startswith("GraphQL variables:")
+        body = b'{"query": "{ version }", "variables": {"x": "' + b"y" * 200_000 + b'"}}'
+        chunked = httpx.post(f"{url}/graphql", content=iter([body[:1000], body[1000:]]), headers={**key, "content-type": "application/json"})
+        assert chunked.text == f"POST {len(body)}"  # buffered, checked and handed on whole
+        assert httpx.post(f"{url}/graphql", content=huge, headers={"content-type": "application/json"}).status_code == 401  # key first

@@ -70,6 +70,10 @@ def test_anonymous_read_only_ui_reads_but_cannot_launch(read_only_webserver):
     assert keyed["data"]["launchRun"]["__typename"] == "LaunchRunSuccess", keyed
     report = httpx.post(f"{webserver}/report_asset_materialization/game_events", timeout=30)
     assert report.status_code == 401
+    # JSON Python cannot read: 400 naming it (Dagster's own answer was a 500).
+    huge = b'{"query": "{ version }", "variables": {"x": ' + b"7" * 5000 + b"}}"
+    refused = httpx.post(graphql, content=huge, headers={"x-api-key": KEY, "content-type": "application/json"}, timeout=30)
+    assert refused.status_code == 400 and "more than 4300 digits" in refused.json()["detail"], refused.text
     # Cross-site: a browser's Basic credentials launch nothing by GET, nor from another site's page.
     browser = {"authorization": "Basic " + base64.b64encode(f"operator:{KEY}".encode()).decode()}
     runs_before = _run_count(graphql)

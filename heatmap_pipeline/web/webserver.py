@@ -22,11 +22,17 @@ sites' pages make, so those credentials alone must not change state.
 - A websocket handshake authenticated by Basic auth or the cookie with an ``Origin`` of another
   host is refused (browsers always send ``Origin`` on websockets).
 - Clients sending ``x-api-key`` are not affected: no browser adds that header by itself.
+
+Requests Python cannot read (headers over 16 KB: :class:`~heatmap_pipeline.web.limits.HeaderSizeLimit`;
+a GraphQL JSON with a 5,000-digit integer or nested too deeply: :class:`GraphQLJsonCheck`) are
+answered 431 and 400 instead of the 500 Dagster's webserver gives.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -107,6 +113,68 @@ def graphql_get_mutates(query_string: bytes) -> bool:
     return False
 
 
+def json_problem(text: str | bytes) -> str | None:
+    """What makes a JSON text unreadable to Python although it is valid JSON (Dagster's webserver
+    answers such a GraphQL request with a 500); None when Python reads it or it is not JSON at all
+    (Dagster answers that 400 itself)."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    except RecursionError:
+        return "is nested too deeply"
+    except ValueError:  # int() refuses strings of more than 4300 digits (sys.get_int_max_str_digits)
+        return f"holds an integer of more than {sys.get_int_max_str_digits()} digits"
+    return None
+
+
+class GraphQLJsonCheck:
+    """Pure ASGI middleware in front of Dagster's GraphQL endpoint: a JSON body, or a ``variables``
+    or ``extensions`` query parameter, that Python cannot read (a 5,000-digit integer, nesting too
+    deep) is answered 400 naming the problem, instead of the 500 Dagster's ``request.json()`` gives."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope.get("path", "").rstrip("/").endswith("/graphql"):
+            return await self.app(scope, receive, send)
+        if scope.get("method") in ("GET", "HEAD"):
+            params = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            for name in ("variables", "extensions"):
+                for value in params.get(name, []):
+                    if problem := json_problem(value):
+                        return await _answer(scope, receive, send, 400, f"GraphQL {name}: the JSON {problem}")
+            return await self.app(scope, receive, send)
+        if "application/json" not in Headers(scope=scope).get("content-type", ""):
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message]), send)  # disconnected: nothing to check
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if problem := json_problem(body):
+            return await _answer(scope, receive, send, 400, f"GraphQL request body: the JSON {problem}")
+        return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
+
+
+def _replay(messages: list[dict], then=None):
+    """A ``receive`` that hands out ``messages`` first, then waits on ``then`` (e.g. for a disconnect)."""
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        return await then() if then else {"type": "http.disconnect"}
+
+    return receive
+
+
+async def _answer(scope, receive, send, status: int, detail: str, headers: dict | None = None) -> None:
+    await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, receive, send)
+
+
 def anonymous_may(scope: dict) -> bool:
     """What an unauthenticated client may do in read-only mode: read pages and assets, and use
     GraphQL (Dagster's read-only mode refuses its mutations)."""
@@ -161,7 +229,7 @@ class ApiKeyMiddleware:
             await receive()  # websocket.connect
             await send({"type": "websocket.close", "code": 1008})
             return
-        await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, receive, send)
+        await _answer(scope, receive, send, status, detail, headers)
 
     @staticmethod
     def _setting_cookie(send, token: str):
@@ -220,5 +288,6 @@ def serve_webserver(
         app = create_app_from_workspace_process_context(process_context, lifespan=_lifespan)
         mode = "read-only without a key" if anonymous_read_only else "closed without a key"
         print(f"heatmap-pipeline: Dagster UI on http://{host}:{port} (API key or Basic auth required; {mode})", flush=True)
+        app = HeaderSizeLimit(ApiKeyMiddleware(GraphQLJsonCheck(app), keys, anonymous_read_only))
         # No uvicorn access log: a key sent by mistake in a query string must not reach the logs.
-        uvicorn.run(HeaderSizeLimit(ApiKeyMiddleware(app, keys, anonymous_read_only)), host=host, port=port, log_level=log_level, access_log=False)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
