@@ -140,6 +140,8 @@ def test_a_designer_picks_a_level_and_a_range_and_sees_the_hottest_cell_where_th
                 left, top, width, height = hot["box"]
                 assert left <= column < left + width and top <= row < top + height, (column, row, hot["box"])
 
+                # The compare range follows the range: the 3 days before it, until picked by hand.
+                assert (page.input_value("#compare-from"), page.input_value("#compare-to")) == ("2025-11-11", "2025-11-13")
                 # Compare with the day before: side by side, then as a difference.
                 page.check("#background")
                 page.select_option("#compare", "side")
