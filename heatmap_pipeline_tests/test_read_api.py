@@ -458,6 +458,16 @@ def test_a_stored_matrix_not_of_its_recorded_grid_is_a_409_not_a_500(server):
         conn.execute(sa.update(heatmap_kinds).values(matrix=[[1.0, 1.0], [1.0, 1.0]]))
     response = get(base, "/api/v1/heatmap", {"level": "1", "date": "2025-11-16", "smooth": "1"})
     assert response.status_code == 409 and "re-materialize" in response.json()["detail"]
+    for matrix in ([[1.0, None, 1.0]] * 3, [["a", "b", "c"]] * 3, {"not": "a grid"}):
+        with get_engine(url).begin() as conn:
+            conn.execute(sa.update(heatmap_kinds).values(matrix=matrix))
+        assert get(base, "/api/v1/heatmap", {"level": "1", "date": "2025-11-16"}).status_code == 409, matrix
+    for matrix in ([[1.0, None]], [[1.0], [2.0, 3.0]], "text"):  # old rows: their totals come from the matrix
+        put_old_row(url, "2", D1, matrix)
+        response = get(base, "/api/v1/heatmap", {"level": "2", "date": "2025-11-14"})
+        assert response.status_code == 409 and "not a grid of numbers" in response.json()["detail"], matrix
+        with get_engine(url).begin() as conn:
+            conn.execute(sa.delete(heatmaps))
 
 
 def test_a_background_that_went_missing_is_left_out_not_a_500(tmp_path, sqlite_url):

@@ -23,6 +23,8 @@ def test_sum_matrices_adds_cell_by_cell_and_refuses_another_shape():
     assert np.array_equal(sum_matrices([], (2, 2)), np.zeros((2, 2)))
     with pytest.raises(ValueError, match=r"shape \(1, 3\) where \(1, 2\)"):
         sum_matrices([[[1, 2, 3]]], (1, 2))
+    with pytest.raises(ValueError, match="not a finite number"):
+        sum_matrices([[[1, None]]], (1, 2))  # JSON null: NaN once in numpy
 
 
 def test_normalise_never_divides_by_zero():

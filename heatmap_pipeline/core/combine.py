@@ -50,7 +50,8 @@ def common_binning(days: Sequence[tuple[object, Binning]]) -> Binning:
 
 
 def sum_matrices(matrices: Iterable, shape: tuple[int, int]) -> np.ndarray:
-    """Cell-by-cell sum of matrices of one ``shape`` (rows, columns); zeros for none."""
+    """Cell-by-cell sum of matrices of one ``shape`` (rows, columns); zeros for none. ValueError for a
+    matrix of another shape or with a cell that is not a finite number."""
     total = np.zeros(shape, dtype=np.float64)
     for matrix in matrices:
         array = np.asarray(matrix, dtype=np.float64)
@@ -58,6 +59,8 @@ def sum_matrices(matrices: Iterable, shape: tuple[int, int]) -> np.ndarray:
             continue  # an empty grid (an old row of []) adds nothing, whatever nesting it was stored with
         if array.shape != shape:
             raise ValueError(f"matrix of shape {array.shape} where {shape} was expected")
+        if not np.isfinite(array).all():  # a null stored in a cell reads as NaN: no sum to publish
+            raise ValueError("matrix with a cell that is not a finite number")
         total += array
     return total
 

@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import sqlalchemy as sa
 
 from heatmap_pipeline.core.combine import Binning
@@ -58,19 +59,27 @@ def _from_kinds(row, with_matrix: bool) -> StoredHeatmap:
     )
 
 
+class CorruptHeatmap(ValueError):
+    """A stored matrix that is not a grid of numbers (a row edited by hand, or by another writer)."""
+
+
 def _from_old_table(row, with_matrix: bool) -> StoredHeatmap:
     """An old ``heatmaps`` row. Its totals may be NULL (the old job wrote none): computed from the matrix."""
     matrix = row.matrix or []
-    grid_y = len(matrix)
-    grid_x = len(matrix[0]) if grid_y else 0
-    flat = [float(v) for line in matrix for v in line]
-    total = float(row.total) if row.total is not None else sum(flat)
+    try:
+        cells = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError):
+        cells = None
+    if cells is None or (cells.ndim != 2 and cells.size) or not np.isfinite(cells).all():
+        raise CorruptHeatmap(f"the heatmaps row of level {row.level!r} on {row.date} is not a grid of numbers")
+    grid_y, grid_x = cells.shape if cells.ndim == 2 else (0, 0)
+    total = float(row.total) if row.total is not None else float(cells.sum())
     out_of_bounds = row.out_of_bounds or 0
     return StoredHeatmap(
         level=row.level, date=row.date, kind=POSITIONS, grid_x=grid_x, grid_y=grid_y, bounds=_bounds(row),
         bounds_source=row.bounds_source,
-        total=total, max_count=float(row.max_count) if row.max_count is not None else max(flat, default=0.0),
-        nonempty_cells=row.nonempty_cells if row.nonempty_cells is not None else sum(1 for v in flat if v),
+        total=total, max_count=float(row.max_count) if row.max_count is not None else float(cells.max(initial=0.0)),
+        nonempty_cells=row.nonempty_cells if row.nonempty_cells is not None else int(np.count_nonzero(cells)),
         out_of_bounds=out_of_bounds, events=round(total) + out_of_bounds, sessions=None, updated_at=row.updated_at,
         source_table="heatmaps", matrix=matrix if with_matrix else None,
     )

@@ -41,7 +41,9 @@ from heatmap_pipeline.core.combine import (
 from heatmap_pipeline.core.binning import GridBounds
 from heatmap_pipeline.core.render import render_heatmap_png
 from heatmap_pipeline.settings import Settings
-from heatmap_pipeline.warehouse.heatmap_reads import POSITIONS, StoredHeatmap, read_heatmaps, stored_matrices
+from heatmap_pipeline.warehouse.heatmap_reads import (
+    POSITIONS, CorruptHeatmap, StoredHeatmap, read_heatmaps, stored_matrices,
+)
 from heatmap_pipeline.web.auth import UNAUTHORIZED, authenticated_key
 from heatmap_pipeline.web.deps import SettingsDep, WarehouseDep, client_host, known_query_only
 
@@ -100,7 +102,8 @@ router = APIRouter(
 # --- parameters ------------------------------------------------------------------------------------
 
 def parse_day(text: str, name: str) -> dt.date:
-    """A YYYY-MM-DD day, parsed as the old reader did (``strptime``); 400 naming ``name`` otherwise."""
+    """A YYYY-MM-DD day (``strptime``, so 2025-1-5 is taken too); 400 otherwise, in the old reader's words for
+    ``date`` and naming the parameter for the others."""
     try:
         return dt.datetime.strptime(text, "%Y-%m-%d").date()
     except ValueError:
@@ -223,7 +226,10 @@ def _conflict(exc: BinningMismatch, what: str) -> HTTPException:
 
 
 def read_range(engine, level: str, span: DayRange, options: ReadOptions, what: str) -> RangeRead:
-    days = read_heatmaps(engine, level=level, kind=options.kind, first=span.first, last=span.last, with_matrix=False)
+    try:
+        days = read_heatmaps(engine, level=level, kind=options.kind, first=span.first, last=span.last, with_matrix=False)
+    except CorruptHeatmap as exc:
+        raise HTTPException(409, f"{what} {span}: {exc}; re-materialize level_heatmaps for that day") from None
     if not days:
         raise HTTPException(404, NOT_FOUND if span.days == 1 and what == "date"
                             else f"No {options.kind} heatmap of level {level!r} in {what} {span}")
@@ -238,7 +244,7 @@ def read_range(engine, level: str, span: DayRange, options: ReadOptions, what: s
         matrices = as_stored = list(matrices)
     try:
         matrix = sum_matrices(matrices, shape)
-    except ValueError as exc:  # a stored matrix not of its recorded grid: the row is corrupt
+    except (TypeError, ValueError) as exc:  # a stored matrix not a grid of numbers of its recorded shape: corrupt
         raise HTTPException(409, f"{what} {span}: a stored matrix does not match its grid ({exc}); "
                                  "re-materialize level_heatmaps for these days") from None
     found = {day.date for day in days}
