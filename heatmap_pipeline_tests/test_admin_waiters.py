@@ -58,3 +58,20 @@ def test_healthz_and_status_answer_while_200_requests_wait_and_every_waiter_gets
     latencies.sort()
     print(f"/healthz while {WAITERS} wait: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
           f"p99 {latencies[int(len(latencies) * 0.99) - 1] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+
+
+def test_a_waiting_request_answers_as_soon_as_the_server_shuts_down(tmp_path):
+    settings = admin_settings(tmp_path, ADMIN_WAIT_TIMEOUT_SECONDS="600")
+    app = create_app(settings)
+    with serve_in_thread(app) as url, httpx.Client(timeout=60) as client:
+        async def wait_then_shut_down():
+            waiting = asyncio.create_task(asyncio.to_thread(
+                client.post, f"{url}/admin/run-jobs", content=b'{"tasks":["etl"]}', headers={"x-api-key": KEY}))
+            while not await asyncio.to_thread(rows, settings):
+                await asyncio.sleep(0.05)
+            assert not waiting.done()
+            app.state.shutting_down.set()  # what `heatmap-pipeline admin` does on SIGTERM, before uvicorn drains
+            return await waiting  # within the client's 60 s, not the 600 s wait
+
+        answer = asyncio.run(wait_then_shut_down())
+    assert answer.status_code == 202 and answer.json()["state"] == "pending"

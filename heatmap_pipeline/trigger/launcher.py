@@ -235,7 +235,11 @@ class RequestDrivers:
                     loop.call_soon_threadsafe(_resolve, ended)
 
         with self._lock:
-            if request_id in self._driven or self.stop.is_set():
+            if self.stop.is_set():  # shutting down: a caller waiting for this request answers now
+                for loop, ended in self._waiters.pop(request_id, []):
+                    loop.call_soon_threadsafe(_resolve, ended)
+                return
+            if request_id in self._driven:
                 return
             thread = threading.Thread(target=run, name=f"admin-request-{request_id}", daemon=True)
             self._driven.add(request_id)
