@@ -496,3 +496,33 @@ def test_summaries_carry_no_matrix_and_the_matrices_come_one_row_at_a_time(sqlit
     with engine.begin() as conn:  # read lazily: the next row is fetched only when asked for
         conn.execute(sa.update(heatmap_kinds).values(matrix=[[5.0, 6.0]]))
     assert next(matrices) == [[5.0, 6.0]]
+
+
+OLD_TABLE_SHAPES = {
+    # the old system's migration 003
+    "migration_003": "CREATE TABLE heatmaps (id bigint PRIMARY KEY, level varchar(100), date date, matrix jsonb, "
+                     "created_at timestamptz, CONSTRAINT uq_heatmaps_level_date UNIQUE (level, date))",
+    # the old heatmap job, when the table was missing
+    "old_job": "CREATE TABLE heatmaps (level text, date date, grid_size text, matrix json)",
+}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("shape", sorted(OLD_TABLE_SHAPES))
+def test_an_old_systems_heatmaps_table_reads_as_the_old_reader_read_it(postgres_url, tmp_path, shape):
+    """A migrating team's database: the old table in either of its shapes, with the old job's rows
+    (integers and floats, as pandas/numpy wrote them), migrated by our admin server at start."""
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(OLD_TABLE_SHAPES[shape]))
+        columns = "id, level, date, matrix" if shape == "migration_003" else "level, date, grid_size, matrix"
+        values = "1, '1', '2025-11-16', CAST(:m AS jsonb)" if shape == "migration_003" else "'1', '2025-11-16', '3', CAST(:m AS json)"
+        conn.execute(sa.text(f"INSERT INTO heatmaps ({columns}) VALUES ({values})"), {"m": "[[0, 1.0, 2.5], [3, 0.0, 0]]"})
+        stored = conn.execute(sa.text("SELECT matrix FROM heatmaps WHERE level = '1' AND date = '2025-11-16'")).scalar_one()
+    engine.dispose()
+    with serve_in_thread(create_app(read_api_settings(postgres_url, tmp_path))) as base:
+        response = get(base, "/api/v1/heatmap", {"level": "1", "date": "2025-11-16"})
+        ranged = get(base, "/api/v1/heatmap", {"level": "1", "from": "2025-11-15", "to": "2025-11-16"})
+    assert response.status_code == 200 and response.content.startswith(old_bytes("1", "2025-11-16", stored)[:-1] + b",")
+    assert response.json()["total"] == 6.5 and response.json()["grid_x"] == 3
+    assert ranged.json()["matrix"] == [[0.0, 1.0, 2.5], [3.0, 0.0, 0.0]] and ranged.json()["missing_days"] == ["2025-11-15"]
