@@ -74,6 +74,8 @@ def test_anonymous_read_only_ui_reads_but_cannot_launch(read_only_webserver):
     huge = b'{"query": "{ version }", "variables": {"x": ' + b"7" * 5000 + b"}}"
     refused = httpx.post(graphql, content=huge, headers={"x-api-key": KEY, "content-type": "application/json"}, timeout=30)
     assert refused.status_code == 400 and "more than 4300 digits" in refused.json()["detail"], refused.text
+    too_big = httpx.post(graphql, json={"query": "{ version }"}, headers={"x-api-key": "k" * 20_000}, timeout=30)
+    assert too_big.status_code == 431  # before the key is compared
     # Cross-site: a browser's Basic credentials launch nothing by GET, nor from another site's page.
     browser = {"authorization": "Basic " + base64.b64encode(f"operator:{KEY}".encode()).decode()}
     runs_before = _run_count(graphql)
