@@ -260,3 +260,33 @@ def test_a_kind_counting_more_than_the_positions_is_never_written(db_url):
     with engine.connect() as conn:
         stamps = conn.execute(sa.select(heatmap_kinds.c.updated_at.distinct())).scalars().all()
     assert stamps == [NOW]  # the rows written before are all still there, unchanged
+
+
+def test_the_kinds_check_finds_a_missing_kind_a_kind_above_the_positions_and_a_moved_grid(db_url):
+    from heatmap_pipeline.warehouse.invariants import heatmap_kinds_consistent
+
+    engine = store(db_url, generated_events(400))
+    upsert_heatmap(engine, compute_heatmap(engine, DAY, "1", 6, kinds=KINDS), NOW)
+    names = [k.name for k in KINDS]
+    assert heatmap_kinds_consistent(engine, DAY, "1", names).passed
+
+    def change(kind: str, **values):
+        with engine.begin() as conn:
+            conn.execute(heatmap_kinds.update().where(heatmap_kinds.c.level == "1", heatmap_kinds.c.kind == kind).values(**values))
+
+    positions = next(r for r in table_rows_of(engine) if r["kind"] == "positions")
+    matrix = positions["matrix"] if isinstance(positions["matrix"], list) else json.loads(positions["matrix"])
+    above = [row[:] for row in matrix]
+    above[0][0] += 1
+    change("jumps", matrix=above, total=sum(map(sum, above)), out_of_bounds=0, events=int(sum(map(sum, above))))
+    verdict = heatmap_kinds_consistent(engine, DAY, "1", names)
+    assert not verdict.passed and "jumps: counts more than the positions" in verdict.description
+    change("deaths", x_max=1e9)
+    assert "deaths: grid or bounds differ from the positions'" in heatmap_kinds_consistent(engine, DAY, "1", names).description
+    verdict = heatmap_kinds_consistent(engine, DAY, "1", [*names, "falls"])
+    assert not verdict.passed and "no heatmap_kinds row for falls" in verdict.description
+
+
+def table_rows_of(engine: sa.Engine) -> list[dict]:
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(sa.select(heatmap_kinds)).mappings()]

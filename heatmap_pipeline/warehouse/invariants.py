@@ -11,11 +11,13 @@ import datetime as dt
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
+import numpy as np
 import sqlalchemy as sa
 
 from heatmap_pipeline.core.binning import GridBounds, auto_bounds
-from heatmap_pipeline.warehouse.tables import game_events, heatmaps, session_stats
+from heatmap_pipeline.warehouse.tables import game_events, heatmap_kinds, heatmaps, session_stats
 from heatmap_pipeline.warehouse.source import created_at_value, day_filter, source_events_table
 from heatmap_pipeline.warehouse.etl.writing import partition_counts
 from heatmap_pipeline.warehouse.heatmaps import grid_size_text, recorded_position_stats
@@ -292,6 +294,49 @@ def heatmap_row_check(
         return problems if count_ok else [*problems, _count_problem(metadata)]
 
     return problems_of
+
+
+def heatmap_kinds_consistent(warehouse: sa.Engine, day: dt.date, level: str, kinds: Sequence[str]) -> Invariant:
+    """The ``heatmap_kinds`` rows of (day, level) against its ``heatmaps`` row, no rescan: a row for
+    each configured kind; each on the positions' grid and bounds; total + out_of_bounds = events;
+    no negative cell; every kind within the positions (no more events, no cell above the
+    positions' cell); the positions kind's matrix is the old row's."""
+    with warehouse.connect() as conn:
+        old = conn.execute(
+            sa.select(heatmaps.c.matrix).where(heatmaps.c.level == level, heatmaps.c.date == day)
+        ).scalar_one_or_none()
+        rows = {
+            r["kind"]: r
+            for r in conn.execute(
+                sa.select(heatmap_kinds).where(heatmap_kinds.c.level == level, heatmap_kinds.c.date == day)
+            ).mappings()
+        }
+    missing = [kind for kind in kinds if kind not in rows]
+    if missing or old is None:
+        return Invariant(False, f"level {level} {day}: no heatmap_kinds row for {', '.join(missing) or 'the old row'}",
+                         {"kinds_stored": sorted(rows)})
+    positions = rows["positions"]
+    reference = np.asarray(_matrix(positions["matrix"]), dtype=np.float64)
+    problems = []
+    if _matrix(old) != _matrix(positions["matrix"]):
+        problems.append("the positions kind differs from the old heatmaps row")
+    for kind in kinds:
+        row = rows[kind]
+        matrix = np.asarray(_matrix(row["matrix"]), dtype=np.float64)
+        same_frame = all(row[c] == positions[c] for c in ("grid_x", "grid_y", "x_min", "x_max", "y_min", "y_max", "bounds_source"))
+        if not same_frame or matrix.shape != (row["grid_y"], row["grid_x"]) or matrix.shape != reference.shape:
+            problems.append(f"{kind}: grid or bounds differ from the positions'")
+            continue
+        if not np.all(np.isfinite(matrix)) or matrix.min(initial=0) < 0:
+            problems.append(f"{kind}: a negative or non-finite cell")
+        if matrix.sum() != row["total"] or row["total"] + row["out_of_bounds"] != row["events"]:
+            problems.append(f"{kind}: total {row['total']:g} + {row['out_of_bounds']} out of bounds != {row['events']} events")
+        if row["events"] > positions["events"] or np.any(matrix > reference):
+            problems.append(f"{kind}: counts more than the positions")
+    metadata = {"kinds": {k: rows[k]["total"] for k in kinds}}
+    if problems:
+        return Invariant(False, f"level {level} {day}: " + "; ".join(problems), metadata)
+    return Invariant(True, f"kinds {', '.join(kinds)} on the positions' grid and bounds, each within the positions", metadata)
 
 
 def session_stats_reconciled(warehouse: sa.Engine, day: dt.date) -> Invariant:

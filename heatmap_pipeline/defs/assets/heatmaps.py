@@ -1,6 +1,7 @@
 """``level_heatmaps``: per (date, level) position counts, upserted into the old ``heatmaps`` table."""
 
 import base64
+import dataclasses
 import datetime as dt
 
 import dagster as dg
@@ -180,7 +181,8 @@ def build_level_heatmaps_checks(
         retry_policy=db_retry_policy(settings),
         description="Matrix sum = in-bounds position events of the level and day in game_events; no negative "
         "cells; the level's grid (levels file or HEATMAP_GRID_SIZE); "
-        "bounds = the levels file's or HEATMAP_BOUNDS, else the day's min/max.",
+        "bounds = the levels file's or HEATMAP_BOUNDS, else the day's min/max. Every configured kind has its "
+        "heatmap_kinds row on the same grid and bounds, within the positions.",
     )
     @reports_database_errors
     def level_heatmaps_matrix_consistent(
@@ -195,18 +197,20 @@ def build_level_heatmaps_checks(
         day, level = keys["date"], keys["level"]
         upstream = latest_materialization(context.instance, GAME_EVENTS, day)
         config = settings.level_config(level)
-        return check_result(
-            [
-                invariants.heatmap_consistent(
-                    warehouse.engine(),
-                    dt.date.fromisoformat(day),
-                    level,
-                    config.grid_x,
-                    config.bounds,
-                    utc_from_timestamp(upstream.timestamp) if upstream else None,
-                    grid_y=config.grid_y,
-                )
-            ]
+        positions = invariants.heatmap_consistent(
+            warehouse.engine(),
+            dt.date.fromisoformat(day),
+            level,
+            config.grid_x,
+            config.bounds,
+            utc_from_timestamp(upstream.timestamp) if upstream else None,
+            grid_y=config.grid_y,
         )
+        kinds = invariants.heatmap_kinds_consistent(warehouse.engine(), dt.date.fromisoformat(day), level, config.kinds)
+        if positions.passed and not kinds.passed:
+            return check_result([kinds])
+        if positions.passed:  # one result for the partition: the positions' verdict, and the kinds'
+            positions = dataclasses.replace(positions, description=f"{positions.description}; {kinds.description}")
+        return check_result([positions])
 
     return [level_heatmaps_matrix_consistent]
