@@ -165,3 +165,10 @@ def test_the_example_levels_file_describes_the_demo_levels(monkeypatch, tmp_path
         assert (background.x_min, background.x_max, background.y_min, background.y_max) == (x0, x1, y0, y1)
         with Image.open(background.path) as image:  # the art has the world's aspect ratio
             assert image.width / image.height == pytest.approx((x1 - x0) / (y1 - y0))
+
+
+def test_a_file_kind_named_like_a_built_in_one_replaces_it(tmp_path):
+    path = write(tmp_path, "levels.toml", '[kinds.deaths]\nevent_types = ["killed"]\n')
+    settings = load_settings({"HEATMAP_LEVELS_FILE": str(path)})
+    assert settings.heatmap_kinds["deaths"].event_types == frozenset({"killed"})
+    assert list(settings.heatmap_kinds) == ["positions", "deaths", "jumps"]
