@@ -10,7 +10,8 @@ materializes the tick as ``etl_schedule`` launches it (run tag ``heatmap_pipelin
 
 Reported per tick: the wall time of ``dagster.materialize`` for ``game_events`` alone and for
 ``session_stats`` after it, the step's own time (Dagster's STEP_SUCCESS duration), and the
-materialization's ``load_mode``/``rows_extracted_this_load``. The tables after the ticks are checked
+materialization's ``load_mode``/``rows_extracted_this_load``; once, the time of each blocking
+check ``etl_job`` runs after the assets (they recount the whole day). The tables after the ticks are checked
 against the source: every source row of the day is clean or quarantined (exit 1 otherwise).
 
     python benchmarks/tick.py --sizes 1M,10M            # the issue's targets: 10k-event ticks
@@ -147,6 +148,26 @@ def source_rows_reconciled(url: str) -> tuple[int, int]:
     return count_source_rows(engine, DAY, start=dt.date(2025, 1, 1)), stored["clean"] + stored["quarantined"]
 
 
+def time_checks(url: str) -> dict:
+    """Seconds of each blocking check etl_job runs after a tick (not part of the asset steps):
+    they recount the whole day, so they grow with it."""
+    from heatmap_pipeline.warehouse import invariants
+    from heatmap_pipeline.warehouse.db import get_engine
+
+    engine = get_engine(url)
+    checks = {
+        "rows_reconciled": lambda: invariants.game_events_reconciled(engine, engine, DAY, None, dt.date(2025, 1, 1)),
+        "unique_event_ids": lambda: invariants.game_events_unique_ids(engine, DAY),
+        "event_counts_reconciled": lambda: invariants.session_stats_reconciled(engine, DAY),
+    }
+    seconds = {}
+    for name, check in checks.items():
+        started = time.perf_counter()
+        assert check().passed, name
+        seconds[name] = round(time.perf_counter() - started, 3)
+    return seconds
+
+
 def run_size(n: int, args) -> dict:
     import dagster as dg
 
@@ -203,6 +224,7 @@ def run_size(n: int, args) -> dict:
         record["ticks"] = ticks
         for key in ("game_events_wall_s", "game_events_step_s", "session_stats_wall_s", "session_stats_step_s"):
             record[f"median_{key}"] = round(statistics.median(t[key] for t in ticks), 3)
+        record["checks_s"] = time_checks(url)
         source_rows, stored = source_rows_reconciled(url)
         record["reconciled"] = source_rows == stored
         record["source_rows"], record["stored_rows"] = source_rows, stored
@@ -224,7 +246,7 @@ def main(argv=None) -> int:
             f"{record['events_in_day']:>10} events + {record['tick_events']} per tick: game_events "
             f"{record['median_game_events_wall_s']} s wall ({record['median_game_events_step_s']} s step), "
             f"session_stats {record['median_session_stats_wall_s']} s wall ({record['median_session_stats_step_s']} s step), "
-            f"median of {len(record['ticks'])}; reconciled={record['reconciled']}"
+            f"median of {len(record['ticks'])}; checks after a tick {record['checks_s']}; reconciled={record['reconciled']}"
         )
     if args.json:
         with open(args.json, "w") as out:

@@ -9,6 +9,7 @@ on SQLite and PostgreSQL, on the same-database SQL path and the two-database Pyt
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 
@@ -149,6 +150,11 @@ def test_incremental_ticks_equal_one_full_load(dialect, path, ids, tmp_path):
         _load(full_source, full_source, tick=False)
 
         ticked, full = warehouse_tables(warehouse), warehouse_tables(full_source)
+        with warehouse.connect() as conn:  # the day's counts the ticks kept are the stored ones
+            mark = conn.execute(sa.select(etl_watermarks)).mappings().one()
+        reasons = collections.Counter(row[2] for row in full["quarantined_events"] if row[0] == DAY)
+        assert (mark["clean_rows"], mark["quarantined_rows"], mark["quarantine_reasons"]) == (
+            sum(1 for row in full["game_events"] if row[0] == DAY), sum(reasons.values()), dict(sorted(reasons.items())))
         for table in full:
             assert ticked[table] == full[table], table
         assert len(full["game_events"]) > 30 and len(full["quarantined_events"]) > 30

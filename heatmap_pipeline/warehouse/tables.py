@@ -232,6 +232,7 @@ etl_watermarks = sa.Table(
     sa.Column("rules_fingerprint", sa.String(64), nullable=False, comment="the cleaning settings the day was loaded with"),
     sa.Column("clean_rows", sa.BigInteger, nullable=False, comment="game_events rows of the day after the last load"),
     sa.Column("quarantined_rows", sa.BigInteger, nullable=False, comment="quarantined_events rows of the day after the last load"),
+    sa.Column("quarantine_reasons", sa.JSON, comment="those rows by reason, {reason: rows}"),
     sa.Column("load_mode", sa.String(16), nullable=False, comment="'full' or 'incremental': the last load"),
     sa.Column("loaded_at", sa.DateTime(timezone=False), nullable=False),
 )

@@ -73,6 +73,7 @@ class Watermark:
     rules_fingerprint: str
     clean_rows: int
     quarantined_rows: int
+    quarantine_reasons: dict[str, int] | None  # None: written before this was recorded
 
 
 def rules_fingerprint(rules: CleaningRules) -> str:
@@ -158,6 +159,7 @@ def read_watermark(conn: sa.Connection, day: dt.date) -> Watermark | None:
         row["rules_fingerprint"],
         int(row["clean_rows"]),
         int(row["quarantined_rows"]),
+        row["quarantine_reasons"],
     )
 
 
@@ -172,6 +174,7 @@ def _write_watermark(conn: sa.Connection, day: dt.date, mark: Watermark, mode: s
             rules_fingerprint=mark.rules_fingerprint,
             clean_rows=mark.clean_rows,
             quarantined_rows=mark.quarantined_rows,
+            quarantine_reasons=mark.quarantine_reasons,
             load_mode=mode,
             loaded_at=now,
         )
@@ -206,7 +209,13 @@ def after_full_load(
     with warehouse.begin() as write:
         lock_partition(write, "game_events", day)
         watermark = Watermark(
-            mark.newest_arrival, None, mark.rows_without_arrival, rules_fingerprint(rules), result.clean, result.quarantined
+            mark.newest_arrival,
+            None,
+            mark.rows_without_arrival,
+            rules_fingerprint(rules),
+            result.clean,
+            result.quarantined,
+            dict(result.reasons),
         )
         _write_watermark(write, day, watermark, "full", now)
         if write.dialect.name == "postgresql":
@@ -292,8 +301,11 @@ def _stored_rows(write: sa.Connection, day: dt.date, ids: list[str]) -> dict[str
     return {row["event_id"]: dict(row) for row in write.execute(query).mappings()}
 
 
-def _delete_held(write: sa.Connection, day: dt.date, ids: list[str], null_ids: bool) -> tuple[int, int]:
-    """Delete what the day holds for ``ids`` (and its rows without id); return (clean, quarantined) deleted."""
+def _delete_held(
+    write: sa.Connection, day: dt.date, ids: list[str], null_ids: bool
+) -> tuple[int, collections.Counter[str]]:
+    """Delete what the day holds for ``ids`` (and its rows without id); return the clean rows
+    deleted and the quarantined ones by reason."""
     dialect = write.dialect.name
     clean = write.execute(
         game_events.delete().where(game_events.c.event_date == day, _one_of(dialect, game_events.c.event_id, ids))
@@ -301,10 +313,14 @@ def _delete_held(write: sa.Connection, day: dt.date, ids: list[str], null_ids: b
     held_quarantine = _one_of(dialect, quarantined_events.c.source_event_id, ids)
     if null_ids:
         held_quarantine = sa.or_(held_quarantine, quarantined_events.c.source_event_id.is_(None))
-    quarantined = write.execute(
-        quarantined_events.delete().where(quarantined_events.c.partition_date == day, held_quarantine)
-    ).rowcount
-    return clean, quarantined
+    reasons = collections.Counter(
+        write.execute(
+            quarantined_events.delete()
+            .where(quarantined_events.c.partition_date == day, held_quarantine)
+            .returning(quarantined_events.c.reason)
+        ).scalars()
+    )
+    return clean, reasons
 
 
 def _is_position(row: dict) -> bool:
@@ -440,6 +456,12 @@ def load_increment(
         pending = pending_rows(day, added, {session_key(row["session_id"]) for row in removed})
         bulk_insert(write, session_stats_pending, pending, PENDING_COLUMNS)
 
+        reasons = None
+        if mark.quarantine_reasons is not None:
+            counts = collections.Counter(mark.quarantine_reasons)
+            counts.subtract(deleted_quarantined)
+            counts.update(q["reason"] for q in rejected)
+            reasons = {reason: n for reason, n in sorted(counts.items()) if n}
         newest = max((a for a in map(_arrival, (row["created_at"] for row in arrived)) if a is not None and a <= now), default=None)
         watermark = max((m for m in (mark.created_at, newest) if m is not None), default=None)
         _write_watermark(
@@ -451,7 +473,8 @@ def load_increment(
                 mark.rows_without_arrival,
                 mark.rules_fingerprint,
                 mark.clean_rows - deleted_clean + len(clean_rows),
-                mark.quarantined_rows - deleted_quarantined + len(rejected),
+                mark.quarantined_rows - sum(deleted_quarantined.values()) + len(rejected),
+                reasons,
             ),
             "incremental",
             now,
@@ -474,9 +497,11 @@ class DayTotals:
 
 def day_totals(warehouse: sa.Engine, day: dt.date) -> DayTotals:
     """What the day holds after its last load: clean and quarantined rows (from its watermark row)
-    and the quarantine by reason."""
+    and the quarantine by reason (recorded there too; counted for a day loaded before it was)."""
     with warehouse.connect() as conn:
         mark = read_watermark(conn, day)
+        if mark is not None and mark.quarantine_reasons is not None:
+            return DayTotals(mark.clean_rows, mark.quarantined_rows, dict(mark.quarantine_reasons))
         reasons = dict(
             conn.execute(
                 sa.select(quarantined_events.c.reason, sa.func.count())
