@@ -55,6 +55,32 @@ def _add_missing_columns(conn: sa.Connection, table: sa.Table) -> None:
             col_type = column.type.compile(dialect=conn.dialect)
             conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {col_type}'))
 
+def ensure_heatmaps_id(conn: sa.Connection) -> None:
+    """Give an old ``heatmaps`` table the generated ``id`` our insert relies on (PostgreSQL).
+
+    The old system's migration 003 made ``id`` a plain ``bigint`` primary key (its app chose the ids):
+    no default, so our insert, which names no id, failed with a NotNullViolation. It gets an owned
+    sequence starting past the highest id there. The table the old heatmap job created has no ``id``
+    at all (our insert returns it): it gets a ``bigserial`` one, numbering the existing rows."""
+    row = conn.execute(
+        sa.text(
+            "SELECT column_default, is_identity FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = 'heatmaps' AND column_name = 'id'"
+        )
+    ).first()
+    if row is None:
+        has_key = conn.execute(
+            sa.text("SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass('heatmaps') AND contype = 'p'")
+        ).first()
+        conn.execute(sa.text("ALTER TABLE heatmaps ADD COLUMN id bigserial" + ("" if has_key else " PRIMARY KEY")))
+        return
+    if row.column_default is not None or row.is_identity == "YES":
+        return
+    conn.execute(sa.text("CREATE SEQUENCE IF NOT EXISTS heatmaps_id_seq OWNED BY heatmaps.id"))
+    conn.execute(sa.text("SELECT setval('heatmaps_id_seq', COALESCE(MAX(id), 0) + 1, false) FROM heatmaps"))
+    conn.execute(sa.text("ALTER TABLE heatmaps ALTER COLUMN id SET DEFAULT nextval('heatmaps_id_seq')"))
+
+
 def ensure_warehouse_schema(engine: sa.Engine) -> None:
     """Create our tables if missing, and bring an old deployment's tables up to date (idempotent)."""
     with engine.begin() as conn:
@@ -74,6 +100,8 @@ def ensure_warehouse_schema(engine: sa.Engine) -> None:
         if "heatmaps" in old_tables:
             # An old table may lack the unique (level, date) our upsert relies on.
             conn.execute(sa.text("CREATE UNIQUE INDEX IF NOT EXISTS uq_heatmaps_level_date_idx ON heatmaps (level, date)"))
+            if conn.dialect.name == "postgresql":
+                ensure_heatmaps_id(conn)
         # Earlier versions indexed game_events.session_id for the leaderboard, which now reads
         # session_stats; the index only slowed every load down.
         conn.execute(sa.text("DROP INDEX IF EXISTS ix_game_events_session"))
