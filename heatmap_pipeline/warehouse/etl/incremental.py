@@ -74,6 +74,9 @@ class Watermark:
     clean_rows: int
     quarantined_rows: int
     quarantine_reasons: dict[str, int] | None  # None: written before this was recorded
+    # Primary-key source only: ids of the last tick's rows the next window can hold again (arrived
+    # after its watermark minus the overlap, or with no arrival time). None: look them all up.
+    window_ids: list[str] | None = None
 
 
 def rules_fingerprint(rules: CleaningRules) -> str:
@@ -160,6 +163,7 @@ def read_watermark(conn: sa.Connection, day: dt.date) -> Watermark | None:
         int(row["clean_rows"]),
         int(row["quarantined_rows"]),
         row["quarantine_reasons"],
+        row["window_ids"],
     )
 
 
@@ -175,6 +179,7 @@ def _write_watermark(conn: sa.Connection, day: dt.date, mark: Watermark, mode: s
             clean_rows=mark.clean_rows,
             quarantined_rows=mark.quarantined_rows,
             quarantine_reasons=mark.quarantine_reasons,
+            window_ids=mark.window_ids,
             load_mode=mode,
             loaded_at=now,
         )
@@ -420,12 +425,24 @@ def load_increment(
 
         keyed = [(str(row["id"]), row) for row in arrived if row["id"] is not None]  # (str: a uuid's text)
         native_ids = {key: row["id"] for key, row in keyed}
-        if source_id_is_unique(read):  # (the old schema's primary key) only rows loaded before can be held
-            maybe_held = sorted({key for key, row in keyed if not _surely_unread(mark, _arrival(row["created_at"]))})
+        unique_ids = source_id_is_unique(read)  # (the old schema's primary key)
+        settled: set[str] = set()
+        if unique_ids:
+            # With one row per id, a row the last tick loaded (and judged by its created_at, not by the
+            # clock) is in the day unchanged, and a row that arrived after the watermark up to the
+            # last tick's clock was never read: only the others are looked up.
+            last_window = set(mark.window_ids or ())
+            arrivals = {key: _arrival(row["created_at"]) for key, row in keyed}
+            settled = {
+                key
+                for key in last_window.intersection(arrivals)
+                if arrivals[key] is not None and mark.read_until is not None and arrivals[key] <= mark.read_until
+            }
+            maybe_held = sorted(key for key in arrivals if key not in settled and not _surely_unread(mark, arrivals[key]))
         else:
             maybe_held = sorted(native_ids)
         held_clean, held_quarantined = _held_ids(write, day, maybe_held)
-        unchanged = _already_loaded(keyed, held_clean, held_quarantined)
+        unchanged = settled | _already_loaded(keyed, held_clean, held_quarantined)
         held = sorted((held_clean.keys() | held_quarantined) - unchanged)
         has_null_ids = len(keyed) < len(arrived)
         # Each id the day holds is judged again on all its rows of the day; null ids all again.
@@ -464,6 +481,14 @@ def load_increment(
             reasons = {reason: n for reason, n in sorted(counts.items()) if n}
         newest = max((a for a in map(_arrival, (row["created_at"] for row in arrived)) if a is not None and a <= now), default=None)
         watermark = max((m for m in (mark.created_at, newest) if m is not None), default=None)
+        window_ids = None
+        if unique_ids:
+            next_since = None if watermark is None else watermark - overlap
+            window_ids = sorted(
+                key
+                for key, row in keyed
+                if next_since is None or (arrival := _arrival(row["created_at"])) is None or arrival > next_since
+            )
         _write_watermark(
             write,
             day,
@@ -475,6 +500,7 @@ def load_increment(
                 mark.clean_rows - deleted_clean + len(clean_rows),
                 mark.quarantined_rows - sum(deleted_quarantined.values()) + len(rejected),
                 reasons,
+                window_ids,
             ),
             "incremental",
             now,
