@@ -255,3 +255,24 @@ def test_a_team_running_the_old_system_switches_over(tmp_path, shape):
                                      headers={"x-api-key": KEY}, timeout=30)
                 assert response.status_code == 200, response.text
                 assert np.array_equal(np.asarray(response.json()["matrix"]), expected_matrix(rows, level))
+
+
+@pytest.mark.postgres
+def test_migrate_refuses_an_old_job_table_with_two_rows_for_one_level_and_day_and_changes_nothing(tmp_path):
+    """The old job's own table has no unique (level, date); which duplicate to keep is the team's call."""
+    with postgres_database() as url:
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text(HEATMAPS_SHAPES["old_job"]))
+            conn.execute(sa.text("INSERT INTO heatmaps VALUES ('1', '2025-11-16', '2', '[[1]]'), ('1', '2025-11-16', '2', '[[2]]'), "
+                                 "('2', '2025-11-16', '2', '[[3]]')"))
+        (tmp_path / ".env").write_text(old_env(url))
+        refused = cli(tmp_path, "migrate")
+        with engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            columns = set(column_types(conn, "heatmaps"))
+        engine.dispose()
+    assert refused.returncode == 2
+    assert "more than one row for 1 (level, date) pair(s): level '1' on 2025-11-16 (2 rows)" in refused.stderr
+    assert "nothing was changed" in refused.stderr and "Traceback" not in refused.stderr
+    assert tables == {"heatmaps"} and columns == {"level", "date", "grid_size", "matrix"}

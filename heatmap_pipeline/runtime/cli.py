@@ -213,9 +213,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = prepare_environment(args.data_dir, demo_data=False)
     export_environment(child_environment(settings))  # the instance's dagster.yaml reads DAGSTER_PG_* from it
     from heatmap_pipeline.warehouse.db import get_engine, redact
-    from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
+    from heatmap_pipeline.warehouse.migrations import OldTableConflict, ensure_warehouse_schema
 
-    ensure_warehouse_schema(get_engine(settings.warehouse_url))
+    try:
+        ensure_warehouse_schema(get_engine(settings.warehouse_url))
+    except OldTableConflict as exc:
+        _fail(str(exc))
     print(f"heatmap-pipeline: warehouse tables are up to date in {redact(settings.warehouse_url)}", flush=True)
     create_instance_storage(str(settings.dagster_home))
     print(f"heatmap-pipeline: Dagster instance storage is up to date (DAGSTER_HOME={settings.dagster_home})", flush=True)

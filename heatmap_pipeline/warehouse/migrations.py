@@ -55,6 +55,26 @@ def _add_missing_columns(conn: sa.Connection, table: sa.Table) -> None:
             col_type = column.type.compile(dialect=conn.dialect)
             conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {col_type}'))
 
+class OldTableConflict(RuntimeError):
+    """An old table holds data our constraints cannot take; the migration changed nothing."""
+
+
+def refuse_duplicate_heatmaps(conn: sa.Connection) -> None:
+    """The old heatmap job's own table has no unique (level, date): if it holds two rows for one,
+    the old reader showed either, and our unique index cannot be built. Which to keep is the
+    team's call, so name them and stop (the transaction is rolled back: nothing changed)."""
+    duplicated = conn.execute(
+        sa.text("SELECT level, date, count(*) FROM heatmaps GROUP BY level, date HAVING count(*) > 1 ORDER BY date, level")
+    ).all()
+    if duplicated:
+        shown = ", ".join(f"level {level!r} on {day} ({count} rows)" for level, day, count in duplicated[:5])
+        raise OldTableConflict(
+            f"the old heatmaps table has more than one row for {len(duplicated)} (level, date) pair(s): {shown}"
+            f"{', ...' if len(duplicated) > 5 else ''}. Delete the rows you do not want to keep (README: Migrating from "
+            "the old job runner), then run heatmap-pipeline migrate again; nothing was changed."
+        )
+
+
 def ensure_heatmaps_id(conn: sa.Connection) -> None:
     """Give an old ``heatmaps`` table the generated ``id`` our insert relies on (PostgreSQL).
 
@@ -87,6 +107,8 @@ def ensure_warehouse_schema(engine: sa.Engine) -> None:
         lock_partition(conn, "schema")  # two first runs at once must not both create the tables
         inspector = sa.inspect(conn)
         old_tables = {t.name for t in metadata.sorted_tables if inspector.has_table(t.name)}
+        if "heatmaps" in old_tables:
+            refuse_duplicate_heatmaps(conn)
         metadata.create_all(conn, checkfirst=True)
         for name in ("heatmaps", "leaderboard_aggregates", "admin_trigger_requests", "etl_watermarks", "session_stats_pending"):
             if name in old_tables:
