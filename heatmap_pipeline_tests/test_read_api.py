@@ -138,6 +138,32 @@ def test_a_range_over_days_binned_differently_is_refused_naming_them(server):
     assert ok.status_code == 200 and ok.json()["total"] == 9.0
 
 
+def test_days_binned_before_the_level_got_fixed_bounds_are_named_with_the_command_that_rebins_them(tmp_path):
+    """The designer's path in the README: the demo ran with automatic bounds, then restarted with a levels
+    file. Those days cannot be summed with the new ones; the answer must say which and how to re-bin them,
+    not ask for the fixed bounds the level already has."""
+    url = f"sqlite:///{tmp_path / 'warehouse.sqlite'}"
+    put_kind(url, "1", D1, "deaths", np.ones((3, 3)), bounds=(4.25, 99.27, 2.5, 95.57))  # automatic bounds
+    put_kind(url, "1", D2, "deaths", np.ones((3, 3)), bounds=(0.0, 98.0, 1.0, 97.0))  # automatic bounds
+    put_kind(url, "1", D3, "deaths", np.ones((3, 3)))  # the levels file's: 0-100 x 0-100 on a 3 x 3 grid
+    settings = read_api_settings(url, tmp_path, HEATMAP_BOUNDS='{"1": [0, 100, 0, 100]}', HEATMAP_GRID_SIZE="3")
+    with serve_in_thread(create_app(settings)) as base:
+        json_answer = get(base, "/api/v1/heatmap", {"level": "1", "from": "2025-11-14", "to": "2025-11-16", "kind": "deaths"})
+        png_answer = get(base, "/api/v1/heatmaps/1/2025-11-14..2025-11-16.png", {"kind": "deaths"})
+        compared = get(base, "/api/v1/heatmap", {"level": "1", "date": "2025-11-16", "kind": "deaths",
+                                                 "compare_from": "2025-11-15", "compare_to": "2025-11-15"})
+        fine = get(base, "/api/v1/heatmap", {"level": "1", "from": "2025-11-16", "to": "2025-11-16", "kind": "deaths"})
+    command = "`heatmap-pipeline backfill --job heatmap --levels 1 --start 2025-11-14 --end 2025-11-15`"
+    for answer in (json_answer, png_answer):
+        detail = answer.json()["detail"]
+        assert answer.status_code == 409, detail
+        assert "binned with grid 3x3, bounds [0, 100, 0, 100] now" in detail
+        assert "2025-11-14, 2025-11-15 were binned before that" in detail and command in detail
+    assert compared.status_code == 409
+    assert "`heatmap-pipeline backfill --job heatmap --levels 1 --start 2025-11-15 --end 2025-11-15`" in compared.json()["detail"]
+    assert fine.status_code == 200
+
+
 @pytest.mark.parametrize("params, status, named", [
     ({"from": "2025-11-16", "to": "2025-11-14"}, 422, "from (2025-11-16) is after to (2025-11-14)"),
     ({"from": "2025-01-01", "to": "2025-12-31"}, 422, "spans 365 days; at most 92 (HEATMAP_MAX_RANGE_DAYS)"),

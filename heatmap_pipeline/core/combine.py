@@ -39,6 +39,16 @@ class BinningMismatch(ValueError):
         super().__init__("days binned differently cannot be summed cell by cell: " + "; ".join(parts))
 
 
+def binned_otherwise(groups: dict[Binning, list], configured: Binning) -> list:
+    """The days (or spans) of ``groups`` not binned as ``configured`` (a level's fixed bounds and grid now):
+    what must be re-materialized before a range over them can be summed. Bounds equal to 1e-9 relative."""
+    def alike(binning: Binning) -> bool:
+        return (binning.grid_x, binning.grid_y) == (configured.grid_x, configured.grid_y) and \
+            binning.bounds is not None and configured.bounds is not None and \
+            bool(np.allclose(binning.bounds, configured.bounds, rtol=1e-9, atol=0.0))
+    return sorted((day for binning, days in groups.items() if not alike(binning) for day in days), key=str)
+
+
 def common_binning(days: Sequence[tuple[object, Binning]]) -> Binning:
     """The one binning of every (day, binning); BinningMismatch naming the groups of days otherwise."""
     groups: dict[Binning, list] = {}

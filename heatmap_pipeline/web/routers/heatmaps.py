@@ -33,6 +33,7 @@ from heatmap_pipeline.core.combine import (
     MAX_SMOOTH_SIGMA,
     Binning,
     BinningMismatch,
+    binned_otherwise,
     common_binning,
     normalise,
     smooth,
@@ -220,12 +221,30 @@ class RangeRead:
         }
 
 
-def _conflict(exc: BinningMismatch, what: str) -> HTTPException:
-    return HTTPException(409, f"{what}: {exc}. Give the level fixed bounds and grid (HEATMAP_LEVELS_FILE or "
-                              "HEATMAP_BOUNDS) and re-materialize level_heatmaps for these days, or pick days binned alike.")
+def configured_binning(settings: Settings, level: str) -> Binning | None:
+    """How level_heatmaps bins the level now, when that is the same every day (fixed bounds); None otherwise."""
+    config = settings.level_config(level)
+    if config.bounds is None:
+        return None
+    return Binning(config.grid_x, config.grid_y, tuple(config.bounds.as_list()))
 
 
-def read_range(engine, level: str, span: DayRange, options: ReadOptions, what: str) -> RangeRead:
+def _conflict(exc: BinningMismatch, what: str, level: str, configured: Binning | None) -> HTTPException:
+    stale = binned_otherwise(exc.groups, configured) if configured is not None else []
+    if not stale:
+        return HTTPException(409, f"{what}: {exc}. Give the level fixed bounds and grid (HEATMAP_LEVELS_FILE or "
+                                  "HEATMAP_BOUNDS) and re-materialize level_heatmaps for these days, or pick days binned alike.")
+    # The level has fixed bounds now (e.g. a levels file added after these days were computed with automatic
+    # bounds): say which days are stale and the one command that re-bins them.
+    first, last = str(stale[0]).split("..")[0], str(stale[-1]).split("..")[-1]
+    return HTTPException(409, f"{what}: {exc}. Level {level} is binned with {configured.describe()} now "
+                              f"(HEATMAP_LEVELS_FILE or HEATMAP_BOUNDS); {', '.join(str(d) for d in stale)} were binned "
+                              f"before that: re-materialize level_heatmaps for them, e.g. `heatmap-pipeline backfill "
+                              f"--job heatmap --levels {level} --start {first} --end {last}`, or pick days binned alike.")
+
+
+def read_range(engine, level: str, span: DayRange, options: ReadOptions, what: str,
+               configured: Binning | None = None) -> RangeRead:
     try:
         days = read_heatmaps(engine, level=level, kind=options.kind, first=span.first, last=span.last, with_matrix=False)
     except CorruptHeatmap as exc:
@@ -236,7 +255,7 @@ def read_range(engine, level: str, span: DayRange, options: ReadOptions, what: s
     try:
         binning = common_binning([(day.date, day.binning) for day in days])
     except BinningMismatch as exc:
-        raise _conflict(exc, f"{what} {span}") from None
+        raise _conflict(exc, f"{what} {span}", level, configured) from None
     shape = (binning.grid_y, binning.grid_x)
     as_stored: list = []  # one day's matrix as the database returned it (the old reader's bytes)
     matrices = stored_matrices(engine, days)
@@ -278,14 +297,15 @@ class HeatmapRead:
         return f"difference in {units}" if self.compare else units
 
 
-def read_heatmap(engine, level: str, span: DayRange, options: ReadOptions, what: str = "date") -> HeatmapRead:
-    base = read_range(engine, level, span, options, what)
+def read_heatmap(engine, level: str, span: DayRange, options: ReadOptions, what: str = "date",
+                 configured: Binning | None = None) -> HeatmapRead:
+    base = read_range(engine, level, span, options, what, configured)
     compare = None
     if options.compare is not None:
-        compare = read_range(engine, level, options.compare, options, "compare range")
+        compare = read_range(engine, level, options.compare, options, "compare range", configured)
         if compare.binning != base.binning:
             raise _conflict(BinningMismatch({base.binning: [str(span)], compare.binning: [str(options.compare)]}),
-                            "the range and the compare range")
+                            "the range and the compare range", level, configured)
     return HeatmapRead(level, base, compare, options)
 
 
@@ -388,7 +408,8 @@ def get_heatmap(
         raise HTTPException(422, "from and to go together: give both for a range, or date for one day")
     else:
         raise HTTPException(422, "date is required (YYYY-MM-DD), or from and to for a range")
-    read = read_heatmap(engine, level, span, options, "date" if date is not None else "range")
+    read = read_heatmap(engine, level, span, options, "date" if date is not None else "range",
+                        configured_binning(settings, level))
     as_stored = date is not None and options.compare is None and options.normalize == "none" and options.smooth == 0
     return JSONResponse(_answer(read, date_text, as_stored))
 
@@ -462,7 +483,7 @@ def get_heatmap_png(
     else:
         day = parse_day(span, "span")
         days = DayRange(day, day)
-    read = read_heatmap(engine, level, days, options, "date" if not sep else "range")
+    read = read_heatmap(engine, level, days, options, "date" if not sep else "range", configured_binning(settings, level))
     config = settings.level_config(level)
     bounds = read.base.binning.bounds
     if read.matrix.size == 0:  # an old row of [] (the old job's empty day): nothing to draw
