@@ -268,6 +268,7 @@ def test_migrate_refuses_an_old_job_table_with_two_rows_for_one_level_and_day_an
                                  "('2', '2025-11-16', '2', '[[3]]')"))
         (tmp_path / ".env").write_text(old_env(url))
         refused = cli(tmp_path, "migrate")
+        dev = cli(tmp_path, "dev", timeout=120)  # dev migrates before starting anything: refused alike
         with engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
             columns = set(column_types(conn, "heatmaps"))
@@ -275,4 +276,5 @@ def test_migrate_refuses_an_old_job_table_with_two_rows_for_one_level_and_day_an
     assert refused.returncode == 2
     assert "more than one row for 1 (level, date) pair(s): level '1' on 2025-11-16 (2 rows)" in refused.stderr
     assert "nothing was changed" in refused.stderr and "Traceback" not in refused.stderr
+    assert dev.returncode == 2 and "level '1' on 2025-11-16 (2 rows)" in dev.stderr and "Traceback" not in dev.stderr
     assert tables == {"heatmaps"} and columns == {"level", "date", "grid_size", "matrix"}

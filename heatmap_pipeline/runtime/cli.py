@@ -149,13 +149,21 @@ def _interrupt(_signum, _frame):
     raise KeyboardInterrupt
 
 
+def migrate_warehouse(settings: Settings) -> None:
+    """Create or migrate the warehouse tables; an old table they cannot take stops us, named, without a traceback."""
+    from heatmap_pipeline.warehouse.db import get_engine
+    from heatmap_pipeline.warehouse.migrations import OldTableConflict, ensure_warehouse_schema
+
+    try:
+        ensure_warehouse_schema(get_engine(settings.warehouse_url))
+    except OldTableConflict as exc:
+        _fail(str(exc))
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """The daemon (schedules, sensors, run queue), the authenticated webserver and the admin API."""
     settings = prepare_environment(args.data_dir)
-    from heatmap_pipeline.warehouse.db import get_engine
-    from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
-
-    ensure_warehouse_schema(get_engine(settings.warehouse_url))  # once, before the three processes start
+    migrate_warehouse(settings)  # once, before the three processes start
     ui_port = args.port or settings.dagster_ui_port
     admin_port = args.admin_port or settings.admin_port
     overrides = {}  # for the children
@@ -212,13 +220,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     the workers start, so they do not race each other creating the same tables."""
     settings = prepare_environment(args.data_dir, demo_data=False)
     export_environment(child_environment(settings))  # the instance's dagster.yaml reads DAGSTER_PG_* from it
-    from heatmap_pipeline.warehouse.db import get_engine, redact
-    from heatmap_pipeline.warehouse.migrations import OldTableConflict, ensure_warehouse_schema
+    from heatmap_pipeline.warehouse.db import redact
 
-    try:
-        ensure_warehouse_schema(get_engine(settings.warehouse_url))
-    except OldTableConflict as exc:
-        _fail(str(exc))
+    migrate_warehouse(settings)
     print(f"heatmap-pipeline: warehouse tables are up to date in {redact(settings.warehouse_url)}", flush=True)
     create_instance_storage(str(settings.dagster_home))
     print(f"heatmap-pipeline: Dagster instance storage is up to date (DAGSTER_HOME={settings.dagster_home})", flush=True)
