@@ -68,3 +68,40 @@ def test_demo_data_is_never_written_into_a_configured_database(tmp_path, monkeyp
     assert materialize_etl(defs, "2025-11-16").success
     assert count_events(sqlite_url) == 0
     assert not (tmp_path / "home" / "heatmap_pipeline.sqlite").exists()
+
+
+def test_a_restart_on_a_loaded_week_says_so_and_names_days_binned_before_the_levels_bounds(tmp_path, capsys):
+    """The README's designer path: the demo ran with automatic bounds, then restarts with fixed ones
+    (examples/levels.toml). The console must not claim to be loading, and must name the stale days
+    and the command that re-bins them (ranges over them answer 409 on the heatmap page)."""
+    import dagster as dg
+    import numpy as np
+
+    from heatmap_pipeline.runtime.cli import DemoWeekProgress
+    from heatmap_pipeline.settings import load_settings
+    from heatmap_pipeline_tests.read_api_data import put_kind
+
+    today = dt.datetime.now(dt.timezone.utc).date()
+    settings = load_settings({"HEATMAP_PIPELINE_HOME": str(tmp_path), "PARTITION_START_DATE": today.isoformat(),
+                              "HEATMAP_LEVELS": "1,2", "HEATMAP_GRID_SIZE": "3", "HEATMAP_BOUNDS": '{"1": [0, 100, 0, 100]}'})
+    assert settings.demo_mode
+    url = settings.warehouse_url
+    yesterday, before = today - dt.timedelta(days=1), today - dt.timedelta(days=2)
+    put_kind(url, "1", before, "positions", np.ones((3, 3)), bounds=(4.25, 99.27, 2.5, 95.57))  # automatic bounds
+    put_kind(url, "1", yesterday, "positions", np.ones((3, 3)), bounds=(1.0, 98.0, 0.0, 97.0))  # automatic bounds
+    put_kind(url, "1", today, "positions", np.ones((3, 3)))  # binned with the fixed bounds
+    put_kind(url, "2", today, "positions", np.ones((3, 3)), bounds=(1.0, 2.0, 3.0, 4.0))  # level 2: automatic, fine
+    settings.dagster_home.mkdir(parents=True)
+    with dg.DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization("game_events", partition=today.isoformat()))
+        for level in ("1", "2"):
+            instance.report_runless_asset_event(dg.AssetMaterialization("level_heatmaps", partition=f"{today}|{level}"))
+
+    assert DemoWeekProgress(settings).report(0.0) is True
+    console = capsys.readouterr().out
+    assert "loading the demo's" not in console
+    assert "DEMO: 1/1 days loaded, 2/2 heatmaps after 0s - the demo week is ready" in console
+    assert (f"heatmap-pipeline: level 1: 2 stored day(s), {before} to {yesterday}, were binned before its grid 3x3, "
+            "bounds [0, 100, 0, 100]") in console
+    assert f"heatmap-pipeline backfill --job heatmap --levels 1 --start {before} --end {yesterday}\n" in console
+    assert "level 2" not in console

@@ -39,6 +39,13 @@ class BinningMismatch(ValueError):
         super().__init__("days binned differently cannot be summed cell by cell: " + "; ".join(parts))
 
 
+def configured_binning(config) -> Binning | None:
+    """How a level (a ``LevelConfig``) is binned every day when it has fixed bounds; None for automatic bounds."""
+    if config.bounds is None:
+        return None
+    return Binning(config.grid_x, config.grid_y, tuple(config.bounds.as_list()))
+
+
 def binned_otherwise(groups: dict[Binning, list], configured: Binning) -> list:
     """The days (or spans) of ``groups`` not binned as ``configured`` (a level's fixed bounds and grid now):
     what must be re-materialized before a range over them can be summed. Bounds equal to 1e-9 relative."""

@@ -111,6 +111,32 @@ def demo_api_key(path: Path) -> str:
     return key
 
 
+def stale_binning_advice(settings: Settings) -> list[str]:
+    """Per level with fixed bounds, the stored days binned otherwise (computed before a levels file or
+    HEATMAP_BOUNDS gave it those bounds): ranges over them and newer days answer 409 until re-binned."""
+    from heatmap_pipeline.core.combine import binned_otherwise, configured_binning
+    from heatmap_pipeline.core.levels import POSITIONS
+    from heatmap_pipeline.warehouse.db import get_engine
+    from heatmap_pipeline.warehouse.heatmap_reads import read_heatmaps
+
+    engine, advice = get_engine(settings.warehouse_url), []
+    for level in settings.heatmap_levels:
+        configured = configured_binning(settings.level_config(level))
+        if configured is None:
+            continue
+        stored = read_heatmaps(engine, level=level, kind=POSITIONS, with_matrix=False)
+        groups: dict = {}
+        for day in stored:
+            groups.setdefault(day.binning, []).append(day.date)
+        stale = binned_otherwise(groups, configured)
+        if stale:
+            advice.append(f"level {level}: {len(stale)} stored day(s), {stale[0]} to {stale[-1]}, were binned before its "
+                          f"{configured.describe()} (HEATMAP_LEVELS_FILE or HEATMAP_BOUNDS) and cannot be summed with "
+                          f"newer days; re-bin them: heatmap-pipeline backfill --job heatmap --levels {level} "
+                          f"--start {stale[0]} --end {stale[-1]}")
+    return advice
+
+
 class DemoWeekProgress:
     """Tells the console how far the demo's first load has come, until its whole week is in the UI."""
 
@@ -136,9 +162,12 @@ class DemoWeekProgress:
         wanted = {f"{day}|{level}" for day in days for level in self.settings.heatmap_levels}
         done = len(loaded) == len(days) and wanted <= maps
         if not self.announced:
-            print(f"heatmap-pipeline: DEMO: loading the demo's {len(days)} days ({days[0]} to {days[-1]}) and their "
-                  f"{len(wanted)} heatmaps in the background (demo_week_sensor, heatmap_automation_sensor); "
-                  "this takes a minute or two. Watch them in the UI: Runs, or Catalog > game_analytics.", flush=True)
+            if not done:  # a restart on a loaded week has nothing to load
+                print(f"heatmap-pipeline: DEMO: loading the demo's {len(days)} days ({days[0]} to {days[-1]}) and their "
+                      f"{len(wanted)} heatmaps in the background (demo_week_sensor, heatmap_automation_sensor); "
+                      "this takes a minute or two. Watch them in the UI: Runs, or Catalog > game_analytics.", flush=True)
+            for line in stale_binning_advice(self.settings):
+                print(f"heatmap-pipeline: {line}", flush=True)
             self.announced = True
         print(f"heatmap-pipeline: DEMO: {len(loaded)}/{len(days)} days loaded, {len(wanted & maps)}/{len(wanted)} "
               f"heatmaps after {elapsed:.0f}s{' - the demo week is ready' if done else ''}", flush=True)

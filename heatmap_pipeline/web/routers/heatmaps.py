@@ -35,6 +35,7 @@ from heatmap_pipeline.core.combine import (
     BinningMismatch,
     binned_otherwise,
     common_binning,
+    configured_binning,
     normalise,
     smooth,
     sum_matrices,
@@ -221,14 +222,6 @@ class RangeRead:
         }
 
 
-def configured_binning(settings: Settings, level: str) -> Binning | None:
-    """How level_heatmaps bins the level now, when that is the same every day (fixed bounds); None otherwise."""
-    config = settings.level_config(level)
-    if config.bounds is None:
-        return None
-    return Binning(config.grid_x, config.grid_y, tuple(config.bounds.as_list()))
-
-
 def _conflict(exc: BinningMismatch, what: str, level: str, configured: Binning | None) -> HTTPException:
     stale = binned_otherwise(exc.groups, configured) if configured is not None else []
     if not stale:
@@ -409,7 +402,7 @@ def get_heatmap(
     else:
         raise HTTPException(422, "date is required (YYYY-MM-DD), or from and to for a range")
     read = read_heatmap(engine, level, span, options, "date" if date is not None else "range",
-                        configured_binning(settings, level))
+                        configured_binning(settings.level_config(level)))
     as_stored = date is not None and options.compare is None and options.normalize == "none" and options.smooth == 0
     return JSONResponse(_answer(read, date_text, as_stored))
 
@@ -483,7 +476,7 @@ def get_heatmap_png(
     else:
         day = parse_day(span, "span")
         days = DayRange(day, day)
-    read = read_heatmap(engine, level, days, options, "date" if not sep else "range", configured_binning(settings, level))
+    read = read_heatmap(engine, level, days, options, "date" if not sep else "range", configured_binning(settings.level_config(level)))
     config = settings.level_config(level)
     bounds = read.base.binning.bounds
     if read.matrix.size == 0:  # an old row of [] (the old job's empty day): nothing to draw
