@@ -165,7 +165,7 @@ class DemoWeekProgress:
             if not done:  # a restart on a loaded week has nothing to load
                 print(f"heatmap-pipeline: DEMO: loading the demo's {len(days)} days ({days[0]} to {days[-1]}) and their "
                       f"{len(wanted)} heatmaps in the background (demo_week_sensor, heatmap_automation_sensor); "
-                      "this takes a minute or two. Watch them in the UI: Runs, or Catalog > game_analytics.", flush=True)
+                      "this takes a few minutes. Watch them in the UI: Runs, or Catalog > game_analytics.", flush=True)
             for line in stale_binning_advice(self.settings):
                 print(f"heatmap-pipeline: {line}", flush=True)
             self.announced = True
