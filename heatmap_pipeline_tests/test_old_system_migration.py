@@ -92,7 +92,7 @@ def game_telemetry() -> tuple[list[dict], list[tuple[str, str]], list[tuple[str,
     sessions = [(str(uuid.uuid4()), user_id) for user_id, _ in users]
     rows = []
 
-    def add(session, name, event_type, payload, at, clean=True, client_at=None):
+    def add(session, name, event_type, payload, at, clean=True, client_at=None):  # clean: True or the reason
         rows.append({
             "id": str(uuid.uuid4()), "user_id": session[1], "session_id": session[0], "event_type": event_type,
             "event_name": name, "event_category": "gameplay", "payload": json.dumps(payload),
@@ -120,11 +120,12 @@ def game_telemetry() -> tuple[list[dict], list[tuple[str, str]], list[tuple[str,
     first = sessions[0]
     noon = dt.datetime(2025, 11, 16, 12, tzinfo=UTC)
     # a client clock two hours fast, a position without y, text coordinates, an unknown level, a bad score
-    add(first, "player_move", "move", {"x": 10.0, "y": 10.0, "level": 1}, noon, clean=False, client_at=noon + dt.timedelta(hours=2))
-    add(first, "player_move", "move", {"x": 12.0}, noon, clean=False)
-    add(first, "player_move", "move", {"x": "left", "y": 3, "level": 1}, noon, clean=False)
-    add(first, "player_move", "move", {"x": 1.0, "y": 2.0, "level": 9}, noon, clean=False)
-    add(first, "game_over", "game", {"final_score": "lots"}, noon, clean=False)
+    add(first, "player_move", "move", {"x": 10.0, "y": 10.0, "level": 1}, noon, clean="future_timestamp",
+        client_at=noon + dt.timedelta(hours=2))
+    add(first, "player_move", "move", {"x": 12.0}, noon, clean="missing_coordinate")
+    add(first, "player_move", "move", {"x": "left", "y": 3, "level": 1}, noon, clean="non_numeric_coordinate")
+    add(first, "player_move", "move", {"x": 1.0, "y": 2.0, "level": 9}, noon, clean="unknown_level")
+    add(first, "game_over", "game", {"final_score": "lots"}, noon, clean="invalid_score")
     return rows, users, sessions
 
 
@@ -132,7 +133,7 @@ def expected_matrix(rows: list[dict], level: str) -> np.ndarray:
     points = []
     for row in rows:
         payload = json.loads(row["payload"])
-        if row["clean"] and "x" in payload and str(payload.get("level", "1")) == level:
+        if row["clean"] is True and "x" in payload and str(payload.get("level", "1")) == level:
             points.append((payload["x"], payload["y"]))
     xs, ys = zip(*points)
     return histogram2d_reference(list(xs), list(ys), GridBounds(min(xs), max(xs), min(ys), max(ys)), 50)
@@ -172,6 +173,11 @@ def column_types(conn: sa.Connection, table: str) -> dict[str, str]:
         "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = :t"), {"t": table}).all())
 
 
+def source_indexes(conn: sa.Connection) -> set[tuple]:
+    return set(conn.execute(sa.text(
+        "SELECT tablename, indexdef FROM pg_indexes WHERE tablename IN ('events', 'users', 'sessions')")).all())
+
+
 def foreign_keys(conn: sa.Connection) -> set[tuple]:
     return set(conn.execute(sa.text(
         "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint WHERE contype = 'f'")).all())
@@ -208,8 +214,9 @@ def test_a_team_running_the_old_system_switches_over(tmp_path, shape):
         rows = build_old_database(url, shape)
         engine = sa.create_engine(url)
         with engine.connect() as conn:
-            fks_before = foreign_keys(conn)
+            fks_before, indexes_before = foreign_keys(conn), source_indexes(conn)
             types_before = {t: column_types(conn, t) for t in ("events", "users", "sessions", "heatmaps", "leaderboard_aggregates")}
+        assert sum(table == "events" for table, _ in indexes_before) == 7  # its primary key and six ix_events_*
         (tmp_path / ".env").write_text(old_env(url))
 
         for _ in range(2):  # a second migrate finds nothing to do
@@ -219,7 +226,7 @@ def test_a_team_running_the_old_system_switches_over(tmp_path, shape):
         assert backfill.returncode == 0 and "FAILED" not in backfill.stdout, backfill.stdout + backfill.stderr
         reconciled = cli(tmp_path, "reconcile")
         assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
-        clean = sum(row["clean"] for row in rows)
+        clean = sum(row["clean"] is True for row in rows)
         assert f"OK: {len(rows)} source row(s); on the 1 loaded day(s) {len(rows)} = clean {clean} + quarantined {len(rows) - clean};" in reconciled.stdout
 
         with engine.connect() as conn:
@@ -235,15 +242,17 @@ def test_a_team_running_the_old_system_switches_over(tmp_path, shape):
                     assert conn.execute(sa.text("SELECT matrix FROM heatmaps WHERE level = :l AND date = :d"),
                                         {"l": level, "d": day}).scalar_one() == matrix
             types_after = {t: column_types(conn, t) for t in types_before}
-            assert foreign_keys(conn) == fks_before
+            assert foreign_keys(conn) == fks_before and source_indexes(conn) == indexes_before
+            reasons = dict(conn.execute(sa.text("SELECT CAST(source_event_id AS text), reason FROM quarantined_events")).all())
             # the leaderboard: the sessions this day touched have one row each, the stale duplicate gone
             leaderboard = conn.execute(sa.text(
                 "SELECT session_id, count(*), max(event_count) FROM leaderboard_aggregates GROUP BY session_id")).all()
             ids = conn.execute(sa.text("SELECT id FROM heatmaps ORDER BY id")).scalars().all() if shape != "old_job" else []
         engine.dispose()
+        assert reasons == {row["id"]: row["clean"] for row in rows if row["clean"] is not True}
         for table, before in types_before.items():  # old columns keep their types (jsonb stays jsonb, ...)
             assert {c: types_after[table][c] for c in before} == before, table
-        per_session = {r["session_id"]: sum(1 for o in rows if o["clean"] and o["session_id"] == r["session_id"]) for r in rows}
+        per_session = {r["session_id"]: sum(1 for o in rows if o["clean"] is True and o["session_id"] == r["session_id"]) for r in rows}
         assert {s: (n, m) for s, n, m in leaderboard if s in per_session} == {s: (1, n) for s, n in per_session.items()}
         # a session no loaded day touched keeps the old job's duplicate rows (README: Migrating)
         assert ("an-older-session", 2, 5) in leaderboard
