@@ -1,6 +1,6 @@
 """A team running the old system switches to ours, on PostgreSQL, as it meets it.
 
-Its database exactly as the old app made it (users, sessions, events with their FKs and six indexes,
+Its database as the old app made it (users, sessions, events with their FKs and six indexes,
 the old ``heatmaps`` table in each of its shapes, ``leaderboard_aggregates`` with pandas' duplicate
 rows, the old job's heatmaps of earlier days), telemetry as the browser game sends it, the old
 ``.env`` kept as it is; then the real CLI: ``heatmap-pipeline migrate``, ``backfill``, ``reconcile``.
@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from heatmap_pipeline.core.binning import GridBounds
+from heatmap_pipeline.warehouse.source import old_system_source_ddl
 from heatmap_pipeline.web.app import create_app
 from heatmap_pipeline_tests.admin_servers import serve_in_thread
 from heatmap_pipeline_tests.conftest import postgres_database
@@ -32,30 +33,8 @@ PAST = dt.date(2025, 11, 15)
 LEVELS = ("1", "2")
 UTC = dt.timezone.utc
 
-OLD_SCHEMA = """
-CREATE TABLE users (id uuid PRIMARY KEY, username varchar(50) NOT NULL UNIQUE, created_at timestamptz DEFAULT now());
-CREATE TABLE sessions (id uuid PRIMARY KEY, user_id uuid NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-                       started_at timestamptz DEFAULT now(), ended_at timestamptz);
-CREATE TABLE events (
-    id uuid PRIMARY KEY,
-    user_id uuid NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-    session_id uuid REFERENCES sessions(id) ON DELETE CASCADE,
-    event_type varchar(100) NOT NULL,
-    event_name varchar(255) NOT NULL,
-    event_category varchar(100),
-    payload json NOT NULL,
-    "timestamp" timestamptz NOT NULL DEFAULT now(),
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX ix_events_id ON events (id);
-CREATE INDEX ix_events_user_id ON events (user_id);
-CREATE INDEX ix_events_session_id ON events (session_id);
-CREATE INDEX ix_events_event_type ON events (event_type);
-CREATE INDEX ix_events_event_category ON events (event_category);
-CREATE INDEX ix_events_timestamp ON events ("timestamp");
--- pandas.to_sql(..., if_exists="append") created it from a DataFrame
-CREATE TABLE leaderboard_aggregates (session_id text, event_count bigint, score_max double precision);
-"""
+# pandas.to_sql(..., if_exists="append") created it from a DataFrame
+OLD_LEADERBOARD = "CREATE TABLE leaderboard_aggregates (session_id text, event_count bigint, score_max double precision)"
 
 HEATMAPS_SHAPES = {
     # the old system's migration 003, its id a plain bigint (no default) or a bigserial
@@ -143,16 +122,13 @@ def build_old_database(url: str, shape: str) -> list[dict]:
     rows, users, sessions = game_telemetry()
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        for statement in OLD_SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(sa.text(statement))
+        for statement in [*old_system_source_ddl("json"), OLD_LEADERBOARD]:
+            conn.execute(sa.text(statement))
         conn.execute(sa.text(HEATMAPS_SHAPES[shape]))
         for sql, params in old_heatmap_inserts(shape):
             conn.execute(sa.text(sql), params)
-        conn.execute(sa.text("INSERT INTO users (id, username) VALUES (CAST(:id AS uuid), :name)"),
-                     [{"id": i, "name": n} for i, n in users])
-        conn.execute(sa.text("INSERT INTO sessions (id, user_id) VALUES (CAST(:id AS uuid), CAST(:user AS uuid))"),
-                     [{"id": s, "user": u} for s, u in sessions])
+        conn.execute(sa.text("INSERT INTO users (id) VALUES (CAST(:id AS uuid))"), [{"id": i} for i, _ in users])
+        conn.execute(sa.text("INSERT INTO sessions (id) VALUES (CAST(:id AS uuid))"), [{"id": s} for s, _ in sessions])
         conn.execute(
             sa.text('INSERT INTO events (id, user_id, session_id, event_type, event_name, event_category, payload, "timestamp", created_at) '
                     "VALUES (CAST(:id AS uuid), CAST(:user_id AS uuid), CAST(:session_id AS uuid), :event_type, :event_name, "
