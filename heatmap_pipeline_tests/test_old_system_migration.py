@@ -223,7 +223,9 @@ def test_a_team_running_the_old_system_switches_over(tmp_path, shape):
             # the leaderboard: the sessions this day touched have one row each, the stale duplicate gone
             leaderboard = conn.execute(sa.text(
                 "SELECT session_id, count(*), max(event_count) FROM leaderboard_aggregates GROUP BY session_id")).all()
-            ids = conn.execute(sa.text("SELECT id FROM heatmaps ORDER BY id")).scalars().all() if shape != "old_job" else []
+            ids = conn.execute(sa.text("SELECT id FROM heatmaps ORDER BY id")).scalars().all()
+            if shape != "old_job":  # migration 003's created_at says when our rows were written too
+                assert conn.execute(sa.text("SELECT count(*) FROM heatmaps WHERE created_at IS NULL")).scalar_one() == 0
         engine.dispose()
         assert reasons == {row["id"]: row["clean"] for row in rows if row["clean"] is not True}
         for table, before in types_before.items():  # old columns keep their types (jsonb stays jsonb, ...)
@@ -232,7 +234,7 @@ def test_a_team_running_the_old_system_switches_over(tmp_path, shape):
         assert {s: (n, m) for s, n, m in leaderboard if s in per_session} == {s: (1, n) for s, n in per_session.items()}
         # a session no loaded day touched keeps the old job's duplicate rows (README: Migrating)
         assert ("an-older-session", 2, 5) in leaderboard
-        assert len(ids) == len(set(ids)) and all(i is not None for i in ids)
+        assert len(ids) == len(OLD_HEATMAP_ROWS) + 1 == len(set(ids)) and None not in ids  # 2 old days, today's 2 levels
 
         with serve_in_thread(create_app(read_api_settings(url, tmp_path / "api"))) as base:
             for level in LEVELS:

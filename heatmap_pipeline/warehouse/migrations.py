@@ -101,6 +101,18 @@ def ensure_heatmaps_id(conn: sa.Connection) -> None:
     conn.execute(sa.text("ALTER TABLE heatmaps ALTER COLUMN id SET DEFAULT nextval('heatmaps_id_seq')"))
 
 
+def stamp_old_created_at(conn: sa.Connection) -> None:
+    """Migration 003's ``heatmaps.created_at`` (not ours: we keep ``updated_at``) would stay NULL on
+    the rows we write; without a default of its own it gets ``now()``, so it still says when a row was written."""
+    conn.execute(
+        sa.text(
+            "DO $$ BEGIN IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = 'heatmaps' AND column_name = 'created_at' AND column_default IS NULL) THEN "
+            "ALTER TABLE heatmaps ALTER COLUMN created_at SET DEFAULT now(); END IF; END $$"
+        )
+    )
+
+
 def ensure_warehouse_schema(engine: sa.Engine) -> None:
     """Create our tables if missing, and bring an old deployment's tables up to date (idempotent)."""
     with engine.begin() as conn:
@@ -124,6 +136,7 @@ def ensure_warehouse_schema(engine: sa.Engine) -> None:
             conn.execute(sa.text("CREATE UNIQUE INDEX IF NOT EXISTS uq_heatmaps_level_date_idx ON heatmaps (level, date)"))
             if conn.dialect.name == "postgresql":
                 ensure_heatmaps_id(conn)
+                stamp_old_created_at(conn)
         # Earlier versions indexed game_events.session_id for the leaderboard, which now reads
         # session_stats; the index only slowed every load down.
         conn.execute(sa.text("DROP INDEX IF EXISTS ix_game_events_session"))
