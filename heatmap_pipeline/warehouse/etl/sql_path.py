@@ -94,7 +94,9 @@ def _extracted_columns(alias: str = "e") -> str:
     )
 
 
-def _insert_clean_rows(target: str, *, day: str, ts: str, created_at: str, default_level: str, payload: str) -> str:
+def _insert_clean_rows(
+    target: str, *, day: str, ts: str, created_at: str, default_level: str, payload: str, in_key_order: bool = False
+) -> str:
     """Both dialects' ``INSERT INTO target (every game_events column) SELECT ... FROM classified
     WHERE fast``. The column list is ``tables.game_events``'s own and each value is named by its
     column, so the two cannot drift apart; the arguments are the dialect's forms of the values."""
@@ -116,7 +118,8 @@ def _insert_clean_rows(target: str, *, day: str, ts: str, created_at: str, defau
         raise ValueError(f"values given for {sorted(values)}, game_events has {sorted(columns)}")
     quoted = ", ".join(f'"{c}"' for c in columns)
     selected = ",\n               ".join(values[c] for c in columns)
-    return f'INSERT INTO "{target}" ({quoted})\n        SELECT {selected}\n        FROM classified WHERE fast'
+    order = f"\n        ORDER BY {values['event_id']}" if in_key_order else ""
+    return f'INSERT INTO "{target}" ({quoted})\n        SELECT {selected}\n        FROM classified WHERE fast{order}'
 
 
 class UnsupportedSource(Exception):
@@ -486,9 +489,11 @@ def _sqlite_fast_insert(
     with_clause = _sqlite_select(_sqlite_id_is_unique(conn), day, rules.partition_start)
     # SQLite keeps only payloads with nothing left beside the typed members (stored NULL): it has
     # no JSON rendering that matches the stored form of the rest (core.cleaning.slim_payload_text).
+    # In primary key order: SQLite keeps game_events' key index up to date row by row, and random
+    # (uuid) ids scattered its pages (1M events: 44.7 s, 31.7 s CPU unordered; 34.5 s, 27.4 s CPU).
     insert_clean = _insert_clean_rows(
         game_events.name, day=":day", ts="ts_norm", created_at="created_norm", default_level=":default_level",
-        payload="NULL",
+        payload="NULL", in_key_order=True,
     )
     conn.execute(sa.text(f"{with_clause}\n    {insert_clean}"), params)
     inserted = _summarize_inserted(conn, game_events.name, day, ranges)
