@@ -11,7 +11,10 @@ NULL or before PARTITION_START_DATE), the cleaning settings and the day's row co
    every source row of the day with those ids again, so each id is judged on all its rows exactly as
    a full load judges it (the first valid row by created_at is kept, the others are ``duplicate_id``);
    an id whose one row in the window is the very row held clean (same created_at, nothing of it
-   quarantined) is left as it is: the overlap re-reads those every tick;
+   quarantined) is left as it is: the overlap re-reads those every tick. With a primary key on
+   ``events.id`` only rows a load can have read are looked up: not those that arrived after the
+   watermark up to the last tick's clock (``created_at_read_until``), and not those the last tick
+   loaded itself (``window_ids``), which are left as they are;
 3. runs them through the same cleaner as the full load (``core/cleaning.py``) and replaces what the
    day held for those ids;
 4. updates ``position_stats`` by the difference, records the added rows and the sessions that lost
