@@ -63,30 +63,71 @@ def _load_day(db_url: str) -> sa.Engine:
     return engine
 
 
-def test_heatmap_queries_use_a_covering_date_level_index(db_url):
-    """The binning query finds the level's rows of the day through the (date, level) index. Since the
-    heatmap kinds (issue 13) it also reads event_type, event_name and session_id, which the index
-    does not carry: an index scan, no longer index-only."""
+def test_heatmap_queries_are_index_only_scans_of_the_covering_index(db_url):
+    """The binning query reads the level's positions of the day with their kinds and sessions
+    (x, y, event_type, event_name, session_id) from the covering index alone: an index-only scan.
+    PostgreSQL can only plan one when the index carries every column the query reads (bitmap scans
+    are off too, so it cannot fall back to one that visits the heap)."""
     engine = _load_day(db_url)
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET enable_bitmapscan = off")
             params = {"day": DAY, "level": "1", "x_edges": [0.0, 5.0, 10.0], "y_edges": [0.0, 5.0, 10.0],
                       **PG_BUCKETS_KIND_PARAMS}
             plan = text_plan(conn, PG_BUCKETS_SQL, params)
-            assert "Index Scan using game_events_20251116_" in plan or "Index Only Scan using game_events_20251116_" in plan, plan
+            assert "Index Only Scan using game_events_20251116_" in plan, plan
         else:
             plan = plan_of(conn, *sqlite_points_sql(tuple(DEFAULT_KINDS.values()), DAY, "1"))
-            assert "INDEX ix_game_events_positions" in plan, plan
+            assert "USING COVERING INDEX ix_game_events_positions" in plan, plan
+
+
+COVERED = "event_date, level) INCLUDE (x, y, event_type, event_name, session_id)"
 
 
 @pytest.mark.postgres
-def test_postgres_day_partition_indexes_cover_x_and_y(postgres_url):
-    """On PostgreSQL the heatmap index carries x and y, on the parent and on each loaded day."""
+def test_postgres_day_partition_indexes_cover_the_heatmap_columns(postgres_url):
+    """On PostgreSQL the heatmap index carries what the binning reads, on the parent and on each loaded day."""
     engine = _load_day(postgres_url)
     with engine.connect() as conn:
         definitions = conn.execute(
-            sa.text("SELECT tablename, indexdef FROM pg_indexes WHERE indexdef LIKE '%INCLUDE (x, y)%' ORDER BY 1")
+            sa.text("SELECT tablename, indexdef FROM pg_indexes WHERE indexdef LIKE '%INCLUDE (x, y%' ORDER BY 1")
         ).all()
     tables = [t for t, _ in definitions]
     assert "game_events" in tables and any(t.startswith("game_events_20251116_") for t in tables), definitions
-    assert all("(event_date, level) INCLUDE (x, y)" in d for _, d in definitions)
+    assert all(COVERED in d for _, d in definitions), definitions
+
+
+def _index_columns(engine: sa.Engine, name: str) -> list[str]:
+    found = {ix["name"]: ix for ix in sa.inspect(engine).get_indexes("game_events")}[name]
+    return found["column_names"] + list(found.get("dialect_options", {}).get("postgresql_include") or [])
+
+
+def test_migration_rebuilds_the_heatmap_index_of_an_earlier_version(db_url):
+    """A deployment whose heatmap index covers only x and y (before the kinds) gets the covering
+    one at its next migration, its loaded days included; the binning is index-only again."""
+    engine = _load_day(db_url)
+    pg = engine.dialect.name == "postgresql"
+    name = "ix_game_events_date_level" if pg else "ix_game_events_positions"
+    with engine.begin() as conn:  # put back the earlier version's index
+        conn.execute(sa.text(f"DROP INDEX {name}"))
+        shape = "(event_date, level) INCLUDE (x, y)" if pg else "(event_date, level, x, y)"
+        conn.execute(sa.text(f"CREATE INDEX {name} ON game_events {shape}"))
+    assert _index_columns(engine, name) == ["event_date", "level", "x", "y"]
+
+    ensure_warehouse_schema(engine)
+
+    assert _index_columns(engine, name) == ["event_date", "level", "x", "y", "event_type", "event_name", "session_id"]
+    with engine.connect() as conn:
+        if pg:
+            days = conn.execute(
+                sa.text("SELECT tablename, indexdef FROM pg_indexes WHERE tablename LIKE 'game_events_2025%' AND indexdef LIKE '%INCLUDE%'")
+            ).all()
+            assert days and all(COVERED in d for _, d in days), days
+            oid = conn.execute(sa.text(f"SELECT '{name}'::regclass::oid")).scalar()
+    ensure_warehouse_schema(engine)  # once in shape, a start-up leaves the index alone
+    with engine.connect() as conn:
+        if pg:
+            assert conn.execute(sa.text(f"SELECT '{name}'::regclass::oid")).scalar() == oid
+        else:
+            plan = plan_of(conn, *sqlite_points_sql(tuple(DEFAULT_KINDS.values()), DAY, "1"))
+            assert "USING COVERING INDEX ix_game_events_positions" in plan, plan

@@ -55,6 +55,29 @@ def _add_missing_columns(conn: sa.Connection, table: sa.Table) -> None:
             col_type = column.type.compile(dialect=conn.dialect)
             conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {col_type}'))
 
+def _index_shape(columns, include) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return tuple(str(c) for c in columns), tuple(str(c) for c in include or ())
+
+
+def rebuild_changed_indexes(conn: sa.Connection, table: sa.Table) -> None:
+    """Drop and re-create each of ``table``'s indexes (of this dialect) whose columns differ from
+    the definition in tables.py: ``create_all`` leaves an existing index as it is, e.g. the
+    heatmap index before it covered the kinds' columns. On PostgreSQL the index of the
+    partitioned table is rebuilt on every partition (one build per loaded day, here, once)."""
+    existing = {
+        found["name"]: _index_shape(found["column_names"], found.get("dialect_options", {}).get("postgresql_include"))
+        for found in sa.inspect(conn).get_indexes(table.name)
+    }
+    for index in sorted(table.indexes, key=lambda i: i.name):
+        if index._ddl_if is not None and index._ddl_if.dialect not in (None, conn.dialect.name):
+            continue  # another dialect's index
+        include = index.dialect_options["postgresql"].get("include") if conn.dialect.name == "postgresql" else None
+        if existing.get(index.name, None) in (None, _index_shape((c.name for c in index.columns), include)):
+            continue  # missing ones come from create_all with the table; this one is as defined
+        conn.execute(sa.text(f"DROP INDEX {quote_ident(index.name)}"))
+        index.create(conn)
+
+
 class OldTableConflict(RuntimeError):
     """An old table holds data our constraints cannot take; the migration changed nothing."""
 
@@ -144,6 +167,7 @@ def ensure_warehouse_schema(engine: sa.Engine) -> None:
             conn.execute(sa.text("DROP INDEX IF EXISTS ix_game_events_date_level"))
         if conn.dialect.name == "postgresql":
             ensure_partitioned(conn)
+        rebuild_changed_indexes(conn, game_events)
 
 def ensure_source_schema(engine: sa.Engine) -> None:
     """Create the game backend's ``events`` table (demo and tests only) and its timestamp index."""

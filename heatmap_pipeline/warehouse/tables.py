@@ -41,6 +41,10 @@ def _bytewise(length: int) -> sa.types.TypeEngine:
     return sa.String(length, collation="C").with_variant(sa.String(length), "sqlite")
 
 
+# The game_events columns the heatmap binning reads besides (event_date, level): the covering
+# indexes below carry them (warehouse/heatmaps.py: positions, kinds bitmask, sessions).
+HEATMAP_READ_COLUMNS = ("x", "y", "event_type", "event_name", "session_id")
+
 game_events = sa.Table(
     "game_events",
     metadata,
@@ -59,13 +63,15 @@ game_events = sa.Table(
     sa.Column("final_score", sa.Float),
     sa.Column("payload", sa.Text, comment="the payload as JSON text, for anything not typed above"),
     sa.Column("created_at", sa.DateTime(timezone=False)),
-    # PostgreSQL: covering, so the heatmap queries (per date and level, reading x and y) are
-    # index-only scans once autovacuum has marked the pages all-visible.
-    sa.Index("ix_game_events_date_level", "event_date", "level", postgresql_include=["x", "y"]).ddl_if(
-        dialect="postgresql"
-    ),
-    # SQLite has no INCLUDE: x and y as key columns make its heatmap queries index-only too.
-    sa.Index("ix_game_events_positions", "event_date", "level", "x", "y").ddl_if(dialect="sqlite"),
+    # PostgreSQL: covering, so the heatmap queries (per date and level) are index-only scans once
+    # the pages are all-visible (the ETL vacuums a loaded day). They read x and y, and for the
+    # kinds and their sessions event_type, event_name and session_id (a kind's payload filter
+    # still reads the heap). migrations.py rebuilds an existing index whose columns differ.
+    sa.Index(
+        "ix_game_events_date_level", "event_date", "level", postgresql_include=list(HEATMAP_READ_COLUMNS)
+    ).ddl_if(dialect="postgresql"),
+    # SQLite has no INCLUDE: the same columns as key columns make its heatmap queries index-only too.
+    sa.Index("ix_game_events_positions", "event_date", "level", *HEATMAP_READ_COLUMNS).ddl_if(dialect="sqlite"),
     # PostgreSQL: one partition per day (warehouse/etl/pg_partitions.py). A day is loaded into a
     # fresh table, indexed after the load and attached: far cheaper than keeping three indexes
     # up to date row by row, and replacing a day is a swap instead of a DELETE.
