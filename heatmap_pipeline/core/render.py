@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from heatmap_pipeline.core.binning import GridBounds
 from heatmap_pipeline.core.levels import Background
@@ -118,9 +119,9 @@ def render_heatmap_pngs(
     width_px: int = 640,
 ) -> list[bytes]:
     """One PNG per matrix, as render_heatmap_png draws it, for matrices of one grid and bounds
-    (the kinds of a level and day). One figure serves them all, its data, colour scale and title
-    changed between saves: a third cheaper than a figure each (its axes, ticks and background
-    are built once)."""
+    (the kinds of a level and day). One figure serves them all: its axes, ticks, margins and
+    background are built and drawn once; each PNG redraws only the heatmap, its frame, colour bar
+    and title over that (pixel for pixel what a full draw gives)."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     matrices = [np.asarray(m, dtype=np.float64) for m in matrices]
@@ -207,6 +208,7 @@ def render_heatmap_pngs(
     ])
     bar = fig.colorbar(image, cax=bar_axes)
     bar.ax.tick_params(labelsize=_FONT - 1, length=2)
+    bar.ax.xaxis.set_visible(False)  # a vertical bar's x axis shows nothing, but drawing it measured its (no) labels
     fig.text((width_px - 4) / width_px, bottom + axes_box[3] / 2, f"{colorbar_label} ({scale})",
              fontsize=_FONT, ha="right", va="center", rotation=90)
 
@@ -217,16 +219,33 @@ def render_heatmap_pngs(
         "heatmap:plot_box": f"{round(x0)},{round(height_px - y1)},{round(x1)},{round(height_px - y0)}",
         "heatmap:bounds": ",".join(f"{v:.17g}" for v in true_box.as_list()),
     }
+    # Everything but the heatmap, its colour bar, the title and the frame over the heatmap is the
+    # same for every matrix: drawn once, then each PNG restores that and draws only those
+    # (matplotlib's blitting). The axes' ticks and labels were ~80% of a full draw.
+    changing = [image, bar.ax, title, *ax.spines.values()]
+    for artist in changing:
+        artist.set_visible(False)
+    canvas = fig.canvas
+    canvas.draw()
+    static = canvas.copy_from_bbox(fig.bbox)
+    for artist in changing:
+        artist.set_visible(True)
+    info = PngInfo()
+    for key, value in geometry.items():
+        info.add_text(key, value)
     pngs = []
     for matrix, text in zip(matrices, titles):
+        canvas.restore_region(static)
         image.set_data(_shown(matrix))
         image.set_norm(_norm(matrix, scale, diverging))
         bar.update_normal(image)
         bar.solids.set_alpha(1.0)
         title.set_text(text)
+        for artist in (image, *ax.spines.values(), bar.ax, title):  # the order a full draw uses
+            fig.draw_artist(artist)
         buffer = io.BytesIO()
         # optimize=True cost ~50 ms a PNG for 20% fewer bytes
-        fig.savefig(buffer, format="png", dpi=_DPI, metadata=geometry, pil_kwargs={"compress_level": 3})
+        Image.fromarray(np.asarray(canvas.buffer_rgba())).save(buffer, format="png", pnginfo=info, compress_level=3)
         pngs.append(buffer.getvalue())
     return pngs
 
