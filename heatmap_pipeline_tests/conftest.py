@@ -58,6 +58,20 @@ def fresh_settings():
     get_settings.cache_clear()
 
 
+@pytest.fixture(autouse=True)
+def no_dagster_instance_left_current():
+    """Each test starts with no "current" Dagster instance storage, and leaves none behind.
+
+    Entering a DagsterInstance makes its defs-state storage current (a context variable). Dagster's
+    test contexts (``build_schedule_context`` used without ``with``) enter an instance from its ref and
+    never exit it; once that instance is garbage-collected, the next test that resolves a job with an
+    in-memory instance fails with "Attempted to resolve undefined DagsterInstance weakref"."""
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(None):
+        yield
+
+
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'game.sqlite'}"
