@@ -27,10 +27,10 @@ import os
 import statistics
 import sys
 import time
-import uuid
-from contextlib import contextmanager
 
 import sqlalchemy as sa
+
+import bench  # benchmarks/ is on sys.path when this script runs
 
 DAY = dt.date(2025, 6, 1)
 LEVELS = ("1", "2", "3")
@@ -80,23 +80,6 @@ def parse_size(text: str) -> int:
     text = text.strip().lower()
     factor = {"k": 1_000, "m": 1_000_000}.get(text[-1], 1)
     return int(float(text.rstrip("km")) * factor)
-
-
-@contextmanager
-def fresh_database(admin_url: str):
-    from heatmap_pipeline.warehouse.db import get_engine
-
-    name = f"hp_tick_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        get_engine.cache_clear()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def insert_events(engine: sa.Engine, first: int, last: int, start: dt.datetime, step: float) -> None:
@@ -175,7 +158,7 @@ def run_size(n: int, args) -> dict:
     from heatmap_pipeline.warehouse.db import get_engine
 
     record: dict = {"events_in_day": n, "tick_events": args.tick_events, "created_at_index": not args.no_created_at_index}
-    with fresh_database(args.admin_url) as url:
+    with bench.fresh_database("postgresql", args.admin_url) as url:
         engine = get_engine(url)
         started = time.perf_counter()
         table, indexes = _SCHEMA.split("--")
