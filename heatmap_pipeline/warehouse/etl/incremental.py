@@ -45,7 +45,7 @@ from heatmap_pipeline.core.binning import PositionRanges
 from heatmap_pipeline.core.cleaning import CleaningRules, EventCleaner, Rejected, to_utc_naive
 from heatmap_pipeline.warehouse.etl import pg_partitions
 from heatmap_pipeline.warehouse.etl.sql_path import source_id_is_unique
-from heatmap_pipeline.warehouse.etl.writing import EtlResult, bulk_insert, insert_cleaned
+from heatmap_pipeline.warehouse.etl.writing import EtlResult, bulk_insert, insert_cleaned, quarantine_by_reason
 from heatmap_pipeline.warehouse.locks import lock_partition
 from heatmap_pipeline.warehouse.sessions import PENDING_COLUMNS, mark_day_for_rebuild, pending_rows, session_key
 from heatmap_pipeline.warehouse.source import (
@@ -531,14 +531,7 @@ def day_totals(warehouse: sa.Engine, day: dt.date) -> DayTotals:
         mark = read_watermark(conn, day)
         if mark is not None and mark.quarantine_reasons is not None:
             return DayTotals(mark.clean_rows, mark.quarantined_rows, dict(mark.quarantine_reasons))
-        reasons = dict(
-            conn.execute(
-                sa.select(quarantined_events.c.reason, sa.func.count())
-                .where(quarantined_events.c.partition_date == day)
-                .group_by(quarantined_events.c.reason)
-                .order_by(quarantined_events.c.reason)
-            ).all()
-        )
+        reasons = quarantine_by_reason(conn, day)
     if mark is None:
         return DayTotals(0, sum(reasons.values()), reasons)
     return DayTotals(mark.clean_rows, mark.quarantined_rows, reasons)

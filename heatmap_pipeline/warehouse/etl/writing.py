@@ -165,11 +165,17 @@ def partition_counts(warehouse: sa.Engine, day: dt.date) -> dict:
         clean = conn.execute(
             sa.select(sa.func.count()).select_from(game_events).where(game_events.c.event_date == day)
         ).scalar_one()
-        reasons = dict(
-            conn.execute(
-                sa.select(quarantined_events.c.reason, sa.func.count())
-                .where(quarantined_events.c.partition_date == day)
-                .group_by(quarantined_events.c.reason)
-            ).all()
-        )
+        reasons = quarantine_by_reason(conn, day)
     return {"clean": clean, "quarantined": sum(reasons.values()), "reasons": reasons}
+
+
+def quarantine_by_reason(conn: sa.Connection, day: dt.date) -> dict[str, int]:
+    """The partition's quarantined rows counted by reason, in reason order."""
+    return dict(
+        conn.execute(
+            sa.select(quarantined_events.c.reason, sa.func.count())
+            .where(quarantined_events.c.partition_date == day)
+            .group_by(quarantined_events.c.reason)
+            .order_by(quarantined_events.c.reason)
+        ).all()
+    )
