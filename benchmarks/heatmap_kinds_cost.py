@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 import bench
 from heatmap_pipeline.core.levels import DEFAULT_KINDS
-from heatmap_pipeline.core.render import render_heatmap_pngs
+from heatmap_pipeline.core.render import render_heatmap_previews
 from heatmap_pipeline.defs.assets.heatmaps import PREVIEW_WIDTH_PX
 from heatmap_pipeline.warehouse.db import get_engine
 from heatmap_pipeline.warehouse.heatmaps import compute_heatmap
@@ -57,9 +57,9 @@ def main() -> None:
         results = [compute_heatmap(engine, bench.DAY, level, bench.GRID, kinds=kinds) for level in bench.LEVELS]
 
         def previews():
-            for result in results:  # as level_heatmaps draws them: a level's kinds in one figure
+            for result in results:  # as level_heatmaps draws them
                 matrices = [kind.matrix for kind in result.kinds.values()]
-                render_heatmap_pngs(matrices, bounds=result.bounds, titles=["t"] * len(matrices), width_px=PREVIEW_WIDTH_PX)
+                render_heatmap_previews(matrices, bounds=result.bounds, titles=["t"] * len(matrices), width_px=PREVIEW_WIDTH_PX)
 
         rows = {
             "binning, positions only (3 levels)": best_of(args.repeat, binning(())),

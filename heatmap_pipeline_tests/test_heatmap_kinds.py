@@ -246,8 +246,14 @@ def test_the_asset_writes_the_kinds_of_the_levels_file(monkeypatch, sqlite_url, 
         (left, top, right, bottom), bounds = plot_geometry(png)
         assert bounds == GridBounds(0, 100, 0, 50)
         assert (right - left) / (bottom - top) == pytest.approx(2.0, rel=0.03)
-        art = Image.open(io.BytesIO(png)).convert("RGB").getpixel(world_to_pixel(png, 30, 45))  # an empty cell
-        assert art == (0, 160, 0), key
+        picture = Image.open(io.BytesIO(png)).convert("RGB")
+        assert picture.getpixel(world_to_pixel(png, 30, 45)) == (0, 160, 0), key  # an empty cell: the art
+    # deaths_build_42's one event, x 90 y 40: its cell (top row, last column) is drawn top right, over
+    # the art; the cell mirrored to the bottom row is empty
+    png = base64.b64decode(re.search(r"base64,([A-Za-z0-9+/=]+)\)", metadata["preview_deaths_build_42"].value).group(1))
+    picture = Image.open(io.BytesIO(png)).convert("RGB")
+    assert picture.getpixel(world_to_pixel(png, 93.75, 45)) != (0, 160, 0)
+    assert picture.getpixel(world_to_pixel(png, 93.75, 5)) == (0, 160, 0)
 
 
 def test_a_kind_counting_more_than_the_positions_is_never_written(db_url):

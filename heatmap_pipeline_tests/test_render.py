@@ -10,7 +10,13 @@ from PIL import Image
 
 from heatmap_pipeline.core.binning import GridBounds
 from heatmap_pipeline.core.levels import Background
-from heatmap_pipeline.core.render import plot_geometry, render_heatmap_png, render_heatmap_pngs, world_to_pixel
+from heatmap_pipeline.core.render import (
+    plot_geometry,
+    render_heatmap_png,
+    render_heatmap_pngs,
+    render_heatmap_previews,
+    world_to_pixel,
+)
 
 LEVEL_3 = GridBounds(0, 197, 1, 115)  # the example: 1.7 times wider than high
 
@@ -184,3 +190,85 @@ def test_several_matrices_in_one_figure_draw_as_each_alone(tmp_path):
         alone = render_heatmap_png(matrix, bounds=GridBounds(0, 100, 0, 50), title=title, background=background,
                                    width_px=480)
         assert np.array_equal(np.asarray(decode(png)), np.asarray(decode(alone))), title
+
+
+# ------------------------------------------------------------ previews (the Dagster UI's) ---
+
+
+def test_previews_follow_the_world_aspect_and_carry_the_geometry():
+    matrices = [np.ones((50, 50)), np.zeros((50, 50))]
+    pngs = render_heatmap_previews(matrices, bounds=LEVEL_3, titles=["positions", "deaths"], width_px=480)
+    assert len(pngs) == 2
+    for png in pngs:
+        image = decode(png)
+        (left, top, right, bottom), bounds = plot_geometry(png)
+        assert image.width == 480 and bounds == LEVEL_3
+        assert (right - left) / (bottom - top) == pytest.approx(197 / 114, rel=0.02)
+    (tall_png,) = render_heatmap_previews([np.ones((4, 4))], bounds=GridBounds(0, 50, 0, 100), titles=["t"])
+    tall = plot_geometry(tall_png)[0]
+    assert (tall[3] - tall[1]) / (tall[2] - tall[0]) == pytest.approx(2.0, rel=0.02)
+
+
+def test_a_preview_puts_the_hottest_cell_where_the_data_puts_it_with_y_upwards():
+    matrix = np.zeros((20, 30))
+    matrix[16, 4] = 50  # high y, low x
+    matrix[2, 25] = 3  # low y, high x
+    (png,) = render_heatmap_previews([matrix], bounds=LEVEL_3, titles=["t"], scale="linear")
+    image = decode(png)
+    box, _ = plot_geometry(png)
+    x, y = hottest_pixel(image, box)
+    expected = world_to_pixel(png, *cell_centre(LEVEL_3, matrix.shape, 16, 4))
+    assert abs(x - expected[0]) <= (box[2] - box[0]) / 30 and abs(y - expected[1]) <= (box[3] - box[1]) / 20
+    assert y < (box[1] + box[3]) / 2  # high y is drawn in the upper half
+    low = image.getpixel(world_to_pixel(png, *cell_centre(LEVEL_3, matrix.shape, 2, 25)))
+    mirrored = image.getpixel(world_to_pixel(png, *cell_centre(LEVEL_3, matrix.shape, 17, 25)))
+    assert low[3] == 255 and mirrored[3] == 0  # the low-y cell at the bottom, nothing at its mirror image
+
+
+def test_a_preview_shows_the_background_under_empty_cells_and_white_margins(tmp_path):
+    art = tmp_path / "art.png"
+    pixels = np.zeros((50, 100, 3), dtype=np.uint8)  # left half green, right half blue, world x 0-100
+    pixels[:, :50] = (0, 160, 0)
+    pixels[:, 50:] = (0, 0, 200)
+    Image.fromarray(pixels).save(art)
+    matrix = np.zeros((5, 10))
+    matrix[2, 8] = 4  # a hot cell over the blue half
+    (png,) = render_heatmap_previews([matrix], bounds=GridBounds(0, 100, 0, 50), titles=["t"],
+                                     background=Background(art, 0, 100, 0, 50))
+    image = decode(png)
+    r, g, b, a = image.getpixel(world_to_pixel(png, 20, 40))  # an empty cell over the green half
+    assert a == 255 and g > 140 and r < 20 and b < 20
+    r, g, b, a = image.getpixel(world_to_pixel(png, 70, 10))  # an empty cell over the blue half
+    assert a == 255 and b > 180 and r < 20 and g < 20
+    r, g, b, a = image.getpixel(world_to_pixel(png, 85, 25))  # the hot cell covers the art
+    assert r > 150
+    assert image.getpixel((image.width - 2, image.height - 2)) == (255, 255, 255, 255)
+
+
+def test_a_preview_places_the_background_by_its_corners_and_leaves_the_rest_transparent(tmp_path):
+    art = tmp_path / "art.png"
+    Image.new("RGB", (10, 10), (200, 0, 0)).save(art)
+    (png,) = render_heatmap_previews([np.zeros((4, 4))], bounds=GridBounds(0, 40, 0, 40), titles=["t"],
+                                     background=Background(art, 10, 20, 10, 20))
+    image = decode(png)
+    assert image.getpixel(world_to_pixel(png, 15, 15))[:3] == (200, 0, 0)
+    assert image.getpixel(world_to_pixel(png, 30, 30))[3] == 0  # outside the art: nothing drawn
+    assert image.getpixel(world_to_pixel(png, 5, 35))[3] == 0
+
+
+def test_previews_colour_as_the_full_render_does():
+    matrix = np.zeros((1, 3))
+    matrix[0] = [1, 10, 100]
+    (preview,) = render_heatmap_previews([matrix], bounds=GridBounds(0, 3, 0, 1), titles=["t"], scale="log")
+    full = render_heatmap_png(matrix, bounds=GridBounds(0, 3, 0, 1), scale="log")
+    for x in range(3):
+        ours = decode(preview).getpixel(world_to_pixel(preview, x + 0.5, 0.5))
+        theirs = decode(full).getpixel(world_to_pixel(full, x + 0.5, 0.5))
+        assert all(abs(a - b) <= 3 for a, b in zip(ours, theirs)), (x, ours, theirs)
+
+
+def test_previews_name_bad_arguments():
+    with pytest.raises(ValueError, match="scale must be one of"):
+        render_heatmap_previews([np.ones((2, 2))], bounds=GridBounds(0, 1, 0, 1), titles=["t"], scale="cubic")
+    with pytest.raises(ValueError, match="1 matrices but 2 titles"):
+        render_heatmap_previews([np.ones((2, 2))], bounds=GridBounds(0, 1, 0, 1), titles=["t", "u"])
