@@ -8,7 +8,11 @@ heatmap at its world corners, shows through them; without one, the PNG itself is
 there (so a page can lay it over the level art). The margins with the title, ticks and colour
 bar are white.
 
-The PNG carries its own geometry as text chunks, so a reader (a test, a page) can map a pixel to
+The Dagster UI's previews (render_heatmap_previews) are the same plot area drawn with Pillow:
+the same colour map and scale, cells upscaled, the art under empty cells, a title and a colour
+bar with its range, but no axes or ticks (a few ms instead of ~36 ms each).
+
+Both PNGs carry their own geometry as text chunks, so a reader (a test, a page) can map a pixel to
 the world: ``heatmap:plot_box`` = left, top, right, bottom pixel edges of the plot area and
 ``heatmap:bounds`` = x_min, x_max, y_min, y_max.
 """
