@@ -103,19 +103,21 @@ def build(url: str):
     return build_game_events_asset(settings, dates), build_session_stats_asset(dates), resources
 
 
-def materialize(asset, resources, instance, tags: dict) -> dict:
-    """One in-process materialization: wall time, the step's own time, the metadata."""
+def materialize(asset, resources, instance, tags: dict, url: str | None = None) -> dict:
+    """One in-process materialization: wall time, the step's own time, this process's CPU and
+    (with ``url``) the PostgreSQL backends' CPU, the metadata."""
     import dagster as dg
 
-    started = time.perf_counter()
-    result = dg.materialize([asset], resources=resources, partition_key=DAY.isoformat(), instance=instance, tags=tags)
-    wall = time.perf_counter() - started
+    with bench.measure(asset.key.path[-1], url) as phase:
+        result = dg.materialize([asset], resources=resources, partition_key=DAY.isoformat(), instance=instance, tags=tags)
     assert result.success
     step = next(e for e in result.all_events if e.event_type_value == "STEP_SUCCESS")
     metadata = result.asset_materializations_for_node(asset.key.path[-1])[0].metadata
     return {
-        "wall_s": round(wall, 3),
+        "wall_s": round(phase.seconds, 3),
         "step_s": round(step.event_specific_data.duration_ms / 1000, 3),
+        "cpu_s": round(phase.cpu_seconds, 3),
+        "db_cpu_s": None if phase.db_cpu_seconds is None else round(phase.db_cpu_seconds, 3),
         "metadata": {key: getattr(value, "value", value) for key, value in metadata.items()},
     }
 
@@ -189,23 +191,31 @@ def run_size(n: int, args) -> dict:
                 tick_start = day_start + dt.timedelta(hours=20, minutes=tick * 15)
                 insert_events(engine, last + 1, last + args.tick_events, tick_start, 15 * 60 / args.tick_events)
                 last += args.tick_events
-                events = materialize(events_asset, resources, instance, tick_tags)
-                sessions = materialize(sessions_asset, resources, instance, tick_tags)
+                load = bench.load_average()
+                events = materialize(events_asset, resources, instance, tick_tags, url)
+                sessions = materialize(sessions_asset, resources, instance, tick_tags, url)
                 meta = events["metadata"]
                 ticks.append(
                     {
+                        "load_average": load,
                         "game_events_wall_s": events["wall_s"],
                         "game_events_step_s": events["step_s"],
+                        "game_events_cpu_s": events["cpu_s"],
+                        "game_events_db_cpu_s": events["db_cpu_s"],
                         "session_stats_wall_s": sessions["wall_s"],
                         "session_stats_step_s": sessions["step_s"],
+                        "session_stats_cpu_s": sessions["cpu_s"],
+                        "session_stats_db_cpu_s": sessions["db_cpu_s"],
                         "load_mode": meta["load_mode"],
+                        "load_method": meta["load_method"],
                         "rows_extracted_this_load": meta["rows_extracted_this_load"],
                         "rows_extracted_day": meta["rows_extracted"],
                     }
                 )
                 print(f"{'':>10}  tick {tick + 1}: {json.dumps(ticks[-1])}", flush=True)
         record["ticks"] = ticks
-        for key in ("game_events_wall_s", "game_events_step_s", "session_stats_wall_s", "session_stats_step_s"):
+        for key in ("game_events_wall_s", "game_events_step_s", "game_events_cpu_s", "game_events_db_cpu_s",
+                "session_stats_wall_s", "session_stats_step_s", "session_stats_cpu_s", "session_stats_db_cpu_s"):
             record[f"median_{key}"] = round(statistics.median(t[key] for t in ticks), 3)
         record["checks_s"] = time_checks(url)
         source_rows, stored = source_rows_reconciled(url)
@@ -227,7 +237,8 @@ def main(argv=None) -> int:
     for record in records:
         print(
             f"{record['events_in_day']:>10} events + {record['tick_events']} per tick: game_events "
-            f"{record['median_game_events_wall_s']} s wall ({record['median_game_events_step_s']} s step), "
+            f"{record['median_game_events_wall_s']} s wall ({record['median_game_events_step_s']} s step, CPU "
+            f"{record['median_game_events_cpu_s']} s ours + {record['median_game_events_db_cpu_s']} s PostgreSQL), "
             f"session_stats {record['median_session_stats_wall_s']} s wall ({record['median_session_stats_step_s']} s step), "
             f"median of {len(record['ticks'])}; checks after a tick {record['checks_s']}; reconciled={record['reconciled']}"
         )

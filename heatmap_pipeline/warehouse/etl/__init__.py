@@ -53,7 +53,9 @@ def load_partition(
     full_reason = ""
     if incremental_tick:
         try:
-            return incremental.load_increment(source, warehouse, day, rules, now, overlap)
+            return incremental.load_increment(
+                source, warehouse, day, rules, now, overlap, in_warehouse=same_database(source, warehouse)
+            )
         except incremental.NeedsFullLoad as exc:
             full_reason = str(exc)
             log.info("game_events %s: loading the day in full: %s", day, exc)

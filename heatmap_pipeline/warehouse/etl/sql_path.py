@@ -209,7 +209,11 @@ def _pg_level(text: str, value: str) -> str:
     )
 
 
-def _pg_statement(types: dict[str, str], id_unique: bool, target: str, day: dt.date, start: dt.date | None) -> str:
+def _pg_statement(
+    types: dict[str, str], id_unique: bool, target: str, day: dt.date, start: dt.date | None, rows: str = ""
+) -> str:
+    """The classification of the day's rows (only those matching the SQL condition ``rows`` over
+    ``events AS e`` when given: an incremental tick's ids) into ``target`` and ``etl_residue``."""
     # Which payloads may be cast to jsonb without an error, and then read the way Python reads
     # them. json/jsonb columns hold JSON PostgreSQL already parsed: only a huge exponent (a
     # numeric overflow when cast) needs excluding. Text may hold anything: only flat objects
@@ -242,7 +246,7 @@ def _pg_statement(types: dict[str, str], id_unique: bool, target: str, day: dt.d
         SELECT {_extracted_columns("e")},
                {utc("timestamp")} AS ts_utc, {utc("created_at")} AS created_utc, {n_id} AS n_id
         FROM events e
-        WHERE {day_filter_text("postgresql", day, "e", start)}
+        WHERE {day_filter_text("postgresql", day, "e", start)}{f" AND ({rows})" if rows else ""}
         OFFSET 0
     ),
     parsed AS (
