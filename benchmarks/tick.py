@@ -10,8 +10,9 @@ materializes the tick as ``etl_schedule`` launches it (run tag ``heatmap_pipelin
 
 Reported per tick: the wall time of ``dagster.materialize`` for ``game_events`` alone and for
 ``session_stats`` after it, the step's own time (Dagster's STEP_SUCCESS duration), and the
-materialization's ``load_mode``/``rows_extracted_this_load``; once, the time of each blocking
-check ``etl_job`` runs after the assets (they recount the whole day). The tables after the ticks are checked
+materialization's ``load_mode``/``rows_extracted_this_load``, this process's and PostgreSQL's CPU and the
+load average; once, the time of each blocking check ``etl_job`` runs after the assets, in the form
+a tick of today runs (what the tick touched) and in full (the day's last tick, full loads). The tables after the ticks are checked
 against the source: every source row of the day is clean or quarantined (exit 1 otherwise).
 
     python benchmarks/tick.py --sizes 1M,10M            # the issue's targets: 10k-event ticks
@@ -133,23 +134,27 @@ def source_rows_reconciled(url: str) -> tuple[int, int]:
     return count_source_rows(engine, DAY, start=dt.date(2025, 1, 1)), stored["clean"] + stored["quarantined"]
 
 
-def time_checks(url: str) -> dict:
-    """Seconds of each blocking check etl_job runs after a tick (not part of the asset steps):
-    they recount the whole day, so they grow with it."""
+def time_checks(url: str, today: dt.date) -> dict:
+    """Seconds of each blocking check etl_job runs after the last tick (not part of the asset
+    steps), as a tick of ``today`` runs them: ``DAY`` itself, the tick-aware forms (what the tick
+    touched); a later day, the full forms (the day's last tick, full loads), which recount the day."""
     from heatmap_pipeline.warehouse import invariants
     from heatmap_pipeline.warehouse.db import get_engine
 
     engine = get_engine(url)
+    start = dt.date(2025, 1, 1)
     checks = {
-        "rows_reconciled": lambda: invariants.game_events_reconciled(engine, engine, DAY, None, dt.date(2025, 1, 1)),
-        "unique_event_ids": lambda: invariants.game_events_unique_ids(engine, DAY),
-        "event_counts_reconciled": lambda: invariants.session_stats_reconciled(engine, DAY),
+        "rows_reconciled": lambda: invariants.game_events_reconciled_after_last_load(engine, engine, DAY, None, start, today),
+        "unique_event_ids": lambda: invariants.game_events_unique_ids_after_last_load(engine, DAY, today),
+        "event_counts_reconciled": lambda: invariants.session_stats_reconciled_after_last_load(engine, DAY, today),
     }
     seconds = {}
     for name, check in checks.items():
         started = time.perf_counter()
-        assert check().passed, name
+        result = check()
+        assert result.passed, (name, result.description)
         seconds[name] = round(time.perf_counter() - started, 3)
+        seconds[f"{name}_form"] = result.metadata["form"].split(":")[0]
     return seconds
 
 
@@ -217,7 +222,8 @@ def run_size(n: int, args) -> dict:
         for key in ("game_events_wall_s", "game_events_step_s", "game_events_cpu_s", "game_events_db_cpu_s",
                 "session_stats_wall_s", "session_stats_step_s", "session_stats_cpu_s", "session_stats_db_cpu_s"):
             record[f"median_{key}"] = round(statistics.median(t[key] for t in ticks), 3)
-        record["checks_s"] = time_checks(url)
+        record["checks_s"] = time_checks(url, today=DAY)  # after a tick of a day not over yet
+        record["full_checks_s"] = time_checks(url, today=DAY + dt.timedelta(days=1))  # the day's last tick
         source_rows, stored = source_rows_reconciled(url)
         record["reconciled"] = source_rows == stored
         record["source_rows"], record["stored_rows"] = source_rows, stored
@@ -240,7 +246,8 @@ def main(argv=None) -> int:
             f"{record['median_game_events_wall_s']} s wall ({record['median_game_events_step_s']} s step, CPU "
             f"{record['median_game_events_cpu_s']} s ours + {record['median_game_events_db_cpu_s']} s PostgreSQL), "
             f"session_stats {record['median_session_stats_wall_s']} s wall ({record['median_session_stats_step_s']} s step), "
-            f"median of {len(record['ticks'])}; checks after a tick {record['checks_s']}; reconciled={record['reconciled']}"
+            f"median of {len(record['ticks'])}; checks after a tick {record['checks_s']}, in full {record['full_checks_s']}; "
+            f"reconciled={record['reconciled']}"
         )
     if args.json:
         with open(args.json, "w") as out:

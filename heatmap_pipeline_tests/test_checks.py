@@ -213,7 +213,7 @@ def test_unique_ids_fails_on_a_duplicate_within_the_day(postgres_url, monkeypatc
 def test_session_reconciliation_fails_when_counts_do_not_add_up(good):
     url = good
     good = invariants.session_stats_reconciled(_engine(url), DAY)
-    assert good.passed and good.metadata == {"events_summed": 32, "clean_events": 32, "sessions": 2}
+    assert good.passed and good.metadata == {"events_summed": 32, "clean_events": 32, "sessions": 2, "form": "full: the day's game_events recounted"}
     _execute(url, session_stats.update().where(session_stats.c.session_id == "s2").values(event_count=5))
     bad = invariants.session_stats_reconciled(_engine(url), DAY)
     assert not bad.passed and "sum to 36, game_events holds 32" in bad.description

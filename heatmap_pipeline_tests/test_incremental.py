@@ -209,15 +209,23 @@ def test_a_scheduled_tick_loads_incrementally_and_a_plain_run_in_full(dialect, t
         key = today.date().isoformat()
         tick_tags = {LOAD_MODE_TAG: INCREMENTAL}
 
+        forms = {}
+
         def run(tags):
             result = job.execute_in_process(partition_key=key, instance=instance, tags=tags)
             assert result.success
             events = result.asset_materializations_for_node("game_events")[0].metadata
             sessions = result.asset_materializations_for_node("session_stats")[0].metadata
+            checks = result.get_asset_check_evaluations()
+            assert all(check.passed for check in checks)
+            forms.clear()  # which form of each blocking check ran: after a tick of today, the tick-aware one
+            forms.update({check.check_name: check.metadata["form"].value.split(":")[0] for check in checks})
             return events, sessions
 
         events, sessions = run(tick_tags)  # the day's first tick: no watermark yet
         assert events["load_mode"].value == "full" and "no watermark" in events["full_load_reason"].value
+        full_forms = {"rows_reconciled": "full", "unique_event_ids": "full", "event_counts_reconciled": "full"}
+        assert forms == full_forms
         write_source_events(url, [event(today - dt.timedelta(seconds=5), {"x": 9, "y": 9}, session_id="s1")])
         events, sessions = run(tick_tags)
         assert events["load_mode"].value == "incremental"
@@ -225,6 +233,7 @@ def test_a_scheduled_tick_loads_incrementally_and_a_plain_run_in_full(dialect, t
         assert events["rows_extracted"].value == 6 and events["dagster/row_count"].value == 6  # the day
         assert events["created_at_watermark"].value == {key: (today - dt.timedelta(seconds=5)).isoformat()}
         assert sessions["load_mode"].value == "incremental"
+        assert forms == {"rows_reconciled": "tick", "unique_event_ids": "tick", "event_counts_reconciled": "tick"}
         assert (sessions["dagster/row_count"].value, sessions["sessions_written"].value, sessions["events_summed"].value) == (1, 1, 6)
         with source.connect() as conn:
             assert conn.execute(sa.select(session_stats.c.event_count)).scalar_one() == 6
@@ -232,6 +241,7 @@ def test_a_scheduled_tick_loads_incrementally_and_a_plain_run_in_full(dialect, t
         events, sessions = run({})  # a UI materialization, a backfill, the admin trigger
         assert events["load_mode"].value == "full" and "full_load_reason" not in events
         assert events["rows_extracted_this_load"].value == 6 and sessions["load_mode"].value == "full"
+        assert forms == full_forms
 
 
 def test_the_schedule_tags_its_runs_as_ticks(sqlite_url, monkeypatch):

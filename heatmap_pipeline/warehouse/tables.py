@@ -240,6 +240,7 @@ etl_watermarks = sa.Table(
     sa.Column("quarantined_rows", sa.BigInteger, nullable=False, comment="quarantined_events rows of the day after the last load"),
     sa.Column("quarantine_reasons", sa.JSON, comment="those rows by reason, {reason: rows}"),
     sa.Column("window_ids", sa.JSON, comment="primary-key source: ids of the last tick's rows its next window re-reads"),
+    sa.Column("last_tick", sa.JSON, comment="what the last load did when it was a tick (its window, the day's counts before, removed, added): the tick-aware checks verify it"),
     sa.Column("load_mode", sa.String(16), nullable=False, comment="'full' or 'incremental': the last load"),
     sa.Column("loaded_at", sa.DateTime(timezone=False), nullable=False),
 )

@@ -57,8 +57,10 @@ def build_session_stats_checks(dates: dg.PartitionsDefinition, retry: dg.RetryPo
         daily_warehouse_check(
             "session_stats",
             "event_counts_reconciled",
-            "Sum of the day's session event counts = clean game_events rows of the day.",
-            invariants.session_stats_reconciled,
+            "Sum of the day's session event counts = clean game_events rows of the day. After a scheduled tick "
+            "of today: = the day's clean rows the ETL recorded in etl_watermarks, which rows_reconciled checks "
+            "against the tick's increments (metadata 'form').",
+            invariants.session_stats_reconciled_after_last_load,
             dates,
             retry,
         )

@@ -81,6 +81,9 @@ class Watermark:
     # Primary-key source only: ids of the last tick's rows the next window can hold again (arrived
     # after its watermark minus the overlap, or with no arrival time). None: look them all up.
     window_ids: list[str] | None = None
+    # What the last load did when it was a tick (:func:`tick_record`); None after a full load.
+    last_tick: dict | None = None
+    load_mode: str = "full"
 
 
 def rules_fingerprint(rules: CleaningRules) -> str:
@@ -172,6 +175,8 @@ def read_watermark(conn: sa.Connection, day: dt.date) -> Watermark | None:
         int(row["quarantined_rows"]),
         row["quarantine_reasons"],
         row["window_ids"],
+        row["last_tick"],
+        row["load_mode"],
     )
 
 
@@ -188,6 +193,7 @@ def _write_watermark(conn: sa.Connection, day: dt.date, mark: Watermark, mode: s
             quarantined_rows=mark.quarantined_rows,
             quarantine_reasons=mark.quarantine_reasons,
             window_ids=mark.window_ids,
+            last_tick=mark.last_tick,
             load_mode=mode,
             loaded_at=now,
         )
@@ -394,6 +400,41 @@ def _day_positions(conn: sa.Connection, day: dt.date) -> dict[str, int]:
     }
 
 
+def window_condition(
+    dialect: str, src: sa.TableClause, start: dt.date | None, after: dt.datetime | None
+) -> sa.ColumnElement[bool]:
+    """A tick's window: rows that arrived after ``after`` (naive UTC), or with no watermark yet, every
+    row with an arrival time (created_at from PARTITION_START_DATE, ``start``, on)."""
+    if after is None:
+        floor = start or dt.date(1, 1, 1)
+        value = floor.isoformat() if dialect == "sqlite" else dt.datetime.combine(floor, dt.time.min, dt.timezone.utc)
+        return src.c.created_at >= value
+    return src.c.created_at > created_at_value(dialect, after)
+
+
+def tick_record(
+    window_after: dt.datetime | None,
+    null_ids: bool,
+    before: Watermark,
+    removed_clean: int,
+    removed_quarantined: int,
+    added_clean: int,
+    added_quarantined: int,
+    kept: int,
+) -> dict:
+    """What a tick did, written with its rows (``etl_watermarks.last_tick``): the tick-aware checks
+    (``invariants.py``) read the window again from the source and verify that its rows are stored,
+    and that the day's counts are the ones before the tick, less what it removed, plus what it added."""
+    return {
+        "window_after": None if window_after is None else window_after.isoformat(),
+        "null_ids": null_ids,
+        "before": {"clean": before.clean_rows, "quarantined": before.quarantined_rows},
+        "removed": {"clean": removed_clean, "quarantined": removed_quarantined},
+        "added": {"clean": added_clean, "quarantined": added_quarantined},
+        "kept": kept,
+    }
+
+
 def _window_rows(read: sa.Connection, day: dt.date, rules: CleaningRules, condition, ids_only: bool) -> list[sa.RowMapping]:
     """The day's source rows matching ``condition``: every extracted column, or (``ids_only``, when
     SQL judges the rows) just the id as text and the created_at."""
@@ -489,12 +530,8 @@ def load_increment(
                 f"{mark.rows_without_arrival} at its last load: such rows are only read by a full load"
             )
         dialect = read.dialect.name
-        if mark.created_at is None:
-            since_value = _arrival_floor(dialect, rules)
-            window = lambda src: src.c.created_at >= since_value  # noqa: E731
-        else:
-            since_value = created_at_value(dialect, mark.created_at - overlap)
-            window = lambda src: src.c.created_at > since_value  # noqa: E731
+        window_after = None if mark.created_at is None else mark.created_at - overlap
+        window = lambda src: window_condition(dialect, src, rules.partition_start, window_after)  # noqa: E731
         sql_types = sql_tick_source_types(write) if in_warehouse else None
         method = "incremental (sql+python-residue)" if sql_types else "incremental (python)"
         result = EtlResult(partition_date=day, method=method, load_mode="incremental")
@@ -586,6 +623,10 @@ def load_increment(
                 mark.quarantined_rows - sum(deleted_quarantined.values()) + len(rejected),
                 reasons,
                 window_ids,
+                tick_record(
+                    window_after, has_null_ids, mark, deleted_clean, sum(deleted_quarantined.values()),
+                    len(clean_rows), len(rejected), len(unchanged),
+                ),
             ),
             "incremental",
             now,
