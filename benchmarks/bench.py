@@ -469,8 +469,8 @@ def explain(url: str) -> dict[str, str]:
     from heatmap_pipeline.warehouse.db import get_engine
     from heatmap_pipeline.core.levels import DEFAULT_KINDS
     from heatmap_pipeline.warehouse.heatmaps import (
-        PG_BUCKETS_KIND_PARAMS,
-        PG_BUCKETS_SQL,
+        PG_BINNING_KIND_PARAMS,
+        PG_BINNING_SQL,
         plan_bucket_query,
         search_edges,
         sqlite_points_sql,
@@ -487,16 +487,15 @@ def explain(url: str) -> dict[str, str]:
         ),
     }
     if pg:
-        queries["heatmap buckets (date, level): the one pass over the level's positions"] = (
-            PG_BUCKETS_SQL,
-            {
-                "day": day,
-                "level": "2",
-                "x_edges": search_edges(0.0, 200.0, GRID),
-                "y_edges": search_edges(0.0, 80.0, GRID),
-                **PG_BUCKETS_KIND_PARAMS,
-            },
-        )
+        binning_params = {
+            "day": day,
+            "level": "2",
+            "x_edges": search_edges(0.0, 200.0, GRID),
+            "y_edges": search_edges(0.0, 80.0, GRID),
+            **PG_BINNING_KIND_PARAMS,
+        }
+        queries["heatmap cells (date, level): the level's positions by cell and kinds"] = (PG_BINNING_SQL["cells"], binning_params)
+        queries["heatmap sessions (date, level): each kind's distinct sessions"] = (PG_BINNING_SQL["sessions"], binning_params)
     else:
         sql, values = sqlite_points_sql(tuple(DEFAULT_KINDS.values()), DAY, "2")
         parts = sql.split("?")  # the driver's "?" as sa.text's :p0, :p1, ...

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
 from heatmap_pipeline.warehouse.source import extract_day_query
 from heatmap_pipeline.core.levels import DEFAULT_KINDS
-from heatmap_pipeline.warehouse.heatmaps import PG_BUCKETS_KIND_PARAMS, PG_BUCKETS_SQL, sqlite_points_sql
+from heatmap_pipeline.warehouse.heatmaps import PG_BINNING_KIND_PARAMS, PG_BINNING_SQL, sqlite_points_sql
 from heatmap_pipeline_tests.support import event, write_source_events
 
 DAY = dt.date(2025, 11, 16)
@@ -64,7 +64,7 @@ def _load_day(db_url: str) -> sa.Engine:
 
 
 def test_heatmap_queries_are_index_only_scans_of_the_covering_index(db_url):
-    """The binning query reads the level's positions of the day with their kinds and sessions
+    """The binning queries read the level's positions of the day with their kinds and sessions
     (x, y, event_type, event_name, session_id) from the covering index alone: an index-only scan.
     PostgreSQL can only plan one when the index carries every column the query reads (bitmap scans
     are off too, so it cannot fall back to one that visits the heap)."""
@@ -73,9 +73,11 @@ def test_heatmap_queries_are_index_only_scans_of_the_covering_index(db_url):
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("SET enable_bitmapscan = off")
             params = {"day": DAY, "level": "1", "x_edges": [0.0, 5.0, 10.0], "y_edges": [0.0, 5.0, 10.0],
-                      **PG_BUCKETS_KIND_PARAMS}
-            plan = text_plan(conn, PG_BUCKETS_SQL, params)
-            assert "Index Only Scan using game_events_20251116_" in plan, plan
+                      **PG_BINNING_KIND_PARAMS}
+            assert sorted(PG_BINNING_SQL) == ["cells", "sessions"]
+            for name, sql in PG_BINNING_SQL.items():  # the cells, and the sessions of each kind
+                plan = text_plan(conn, sql, params)
+                assert "Index Only Scan using game_events_20251116_" in plan, (name, plan)
         else:
             plan = plan_of(conn, *sqlite_points_sql(tuple(DEFAULT_KINDS.values()), DAY, "1"))
             assert "USING COVERING INDEX ix_game_events_positions" in plan, plan

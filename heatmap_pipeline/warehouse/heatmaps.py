@@ -14,7 +14,9 @@ PostgreSQL: ``width_bucket(v, edges)`` with the very edges ``np.linspace`` compu
 search over them: exactly ``np.histogram2d``'s rule, for every value, in one pass. The edge list
 ends just above the upper bound, so bucket 0 and the bucket past the last hold the points
 outside the bounds, counted in the same pass. The distinct sessions of each kind (for
-per-session normalisation) come from the same scan, a second grouping set (bitmask, session).
+per-session normalisation) come from a second statement in the same snapshot: each session's
+kinds OR-ed together, counted per kind. Both are plain GROUP BYs that parallel workers
+aggregate in part (a single GROUPING SETS scan could not, and shipped every row to one process).
 
 SQLite (no width_bucket; it runs inside our process anyway): the level's (x, y, bitmask,
 session) are streamed in chunks into ``np.bincount`` (``KindsAccumulator``), with numpy's own
@@ -138,7 +140,7 @@ def kind_condition(kind: KindConfig, dialect: str) -> sa.ColumnElement[bool] | N
     terms = []
     if kind.event_types:
         types = sorted(kind.event_types)
-        # equalities, not IN: plain bind parameters, so the statement also works as text (pg_buckets_sql)
+        # equalities, not IN: plain bind parameters, so the statement also works as text (pg_binning_sql)
         columns = (game_events.c.event_type, game_events.c.event_name)
         terms.append(sa.or_(*(column == name for column in columns for name in types)))
     for key, value in sorted(kind.payload_filter.items()):
@@ -167,24 +169,41 @@ def _kinds_filter(kinds: Sequence[KindConfig], dialect: str) -> sa.ColumnElement
     return sa.and_(positions_of(sa.bindparam("day"), sa.bindparam("level")), sa.or_(*conditions))
 
 
-def pg_buckets_query(kinds: Sequence[KindConfig]) -> sa.Select:
-    """One pass over the level's positions of the day, two groupings (GROUPING SETS):
-    (gy, gx, kinds bitmask) -> count, the cells; and (kinds bitmask, session_id), the sessions of
-    each combination of kinds (gy and gx NULL in those rows), for each kind's distinct sessions.
+def pg_cells_query(kinds: Sequence[KindConfig]) -> sa.Select:
+    """(gy, gx, kinds bitmask) -> count over the level's positions of the day: the cells.
 
-    One scan with both groupings took 1.2 s for 3 levels at 1M events/day where the cells and a
-    count(DISTINCT session_id) FILTER per kind took 2.2 s as two statements (buckets alone:
-    0.9 s; the positions-only query before kinds, index-only: 0.5 s)."""
+    A plain GROUP BY, so each parallel worker aggregates its share of the scan and ships at
+    most a few thousand groups (a GROUPING SETS with the sessions, which this and
+    pg_sessions_query replaced, cannot: its workers shipped every row to one HashAggregate)."""
     return (
         sa.select(
             _bucket(game_events.c.y, "y_edges").label("gy"),
             _bucket(game_events.c.x, "x_edges").label("gx"),
             kinds_mask(kinds, "postgresql").label("kinds"),
-            game_events.c.session_id,
             sa.func.count().label("n"),
         )
         .where(_kinds_filter(kinds, "postgresql"))
-        .group_by(sa.text("GROUPING SETS ((1, 2, 3), (3, 4))"))
+        .group_by(sa.text("1, 2, 3"))
+    )
+
+
+def pg_sessions_query(kinds: Sequence[KindConfig]) -> sa.Select:
+    """One row: the distinct sessions of each kind (``sessions_0``, ``sessions_1``, ...) among
+    the level's positions of the day. Each session's kinds are OR-ed together (bit_or, which
+    parallel workers aggregate in part), then counted per bit; a NULL session is not counted."""
+    per_session = (
+        sa.select(game_events.c.session_id, sa.func.bit_or(kinds_mask(kinds, "postgresql")).label("kinds"))
+        .where(_kinds_filter(kinds, "postgresql"))
+        .group_by(game_events.c.session_id)
+        .subquery("per_session")
+    )
+    return sa.select(
+        *(
+            sa.func.count(per_session.c.session_id)
+            .filter(per_session.c.kinds.op("&")(sa.literal_column(str(1 << bit))) != sa.literal_column("0"))
+            .label(f"sessions_{bit}")
+            for bit in range(len(kinds))
+        )
     )
 
 
@@ -206,16 +225,21 @@ def sqlite_points_query(kinds: Sequence[KindConfig]) -> sa.Select:
     ).where(_kinds_filter(kinds, "sqlite"))
 
 
-def pg_buckets_sql(kinds: Sequence[KindConfig]) -> tuple[str, dict]:
-    """pg_buckets_query as text for ``sa.text`` (``:day``, ``:level``, ``:x_edges``, ``:y_edges``)
-    and the values of its kinds' own parameters (event types, payload filters)."""
-    compiled = pg_buckets_query(kinds).compile(dialect=postgresql.psycopg2.dialect(paramstyle="named"))
+def pg_binning_sql(kinds: Sequence[KindConfig]) -> tuple[dict[str, str], dict]:
+    """pg_cells_query and pg_sessions_query as text for ``sa.text`` (``:day``, ``:level``,
+    ``:x_edges``, ``:y_edges``) and the values of their kinds' own parameters (event types,
+    payload filters)."""
+    statements, params = {}, {}
+    for name, query in (("cells", pg_cells_query(kinds)), ("sessions", pg_sessions_query(kinds))):
+        compiled = query.compile(dialect=postgresql.psycopg2.dialect(paramstyle="named"))
+        statements[name] = str(compiled)
+        params.update(compiled.params)
     runtime = {"day", "level", "x_edges", "y_edges"}
-    return str(compiled), {name: value for name, value in compiled.params.items() if name not in runtime}
+    return statements, {name: value for name, value in params.items() if name not in runtime}
 
 
-# With the default kinds (positions, deaths, jumps): test_indexes and the benchmark EXPLAIN it.
-PG_BUCKETS_SQL, PG_BUCKETS_KIND_PARAMS = pg_buckets_sql(tuple(DEFAULT_KINDS.values()))
+# With the default kinds (positions, deaths, jumps): test_indexes and the benchmark EXPLAIN them.
+PG_BINNING_SQL, PG_BINNING_KIND_PARAMS = pg_binning_sql(tuple(DEFAULT_KINDS.values()))
 
 
 def recorded_position_stats(conn: sa.Connection, day: dt.date, level: str) -> tuple[int, float, float, float, float] | None:
@@ -249,7 +273,7 @@ def scan_position_range(conn: sa.Connection, day: dt.date, level: str) -> tuple[
 
 
 def plan_bucket_query(conn: sa.Connection) -> None:
-    """Settings for PG_BUCKETS_SQL, for the rest of the transaction.
+    """Settings for PG_BINNING_SQL, for the rest of the transaction.
 
     The planner cannot know that the buckets number at most (grid_size + 2)**2: it guesses
     hundreds of thousands of groups, plans a hash table that spills and so runs serially. The
@@ -261,24 +285,24 @@ def plan_bucket_query(conn: sa.Connection) -> None:
 
 
 def _bin_postgresql(conn: sa.Connection, day: dt.date, level: str, grid: KindsAccumulator, kinds) -> list[int]:
-    """Fill ``grid`` from one GROUP BY over the level's positions; the sessions of each kind."""
+    """Fill ``grid`` from one GROUP BY over the level's positions; the sessions of each kind
+    from a second (both in the caller's snapshot)."""
     bounds, gx_n, gy_n = grid.bounds, grid.grid_x, grid.grid_y
     plan_bucket_query(conn)
     params = {"day": day, "level": level}
-    groups = conn.execute(
-        pg_buckets_query(kinds),
+    cells = conn.execute(
+        pg_cells_query(kinds),
         {
             **params,
             "x_edges": search_edges(bounds.x_min, bounds.x_max, gx_n),
             "y_edges": search_edges(bounds.y_min, bounds.y_max, gy_n),
         },
     ).all()
-    cells = [(gy, gx, mask, n) for gy, gx, mask, _, n in groups if gy is not None]
     if cells:
         gy, gx, masks, counts = (np.asarray(column, dtype=np.int64) for column in zip(*cells))
         inside = (gy >= 1) & (gy <= gy_n) & (gx >= 1) & (gx <= gx_n)  # else outside the bounds
         grid.add_counts(np.where(inside, gy - 1, 0), np.where(inside, gx - 1, 0), masks, counts, inside)
-    return sessions_per_kind(((mask, session) for gy, _, mask, session, _ in groups if gy is None), len(kinds))
+    return [int(n) for n in conn.execute(pg_sessions_query(kinds), params).one()]
 
 
 SQLITE_CHUNK_ROWS = 65_536
