@@ -21,6 +21,7 @@ from heatmap_pipeline.core.binning import GridBounds, auto_bounds
 from heatmap_pipeline.warehouse.tables import game_events, heatmap_kinds, heatmaps, quarantined_events, session_stats
 from heatmap_pipeline.warehouse.source import created_at_value, day_filter, source_events_table
 from heatmap_pipeline.warehouse.etl.incremental import Watermark, _one_of, read_watermark, window_condition
+from heatmap_pipeline.warehouse.etl.sql_path import source_id_is_unique
 from heatmap_pipeline.warehouse.etl.writing import partition_counts
 from heatmap_pipeline.warehouse.heatmaps import grid_size_text, recorded_position_stats
 
@@ -155,21 +156,24 @@ def game_events_tick_reconciled(
     src = source_events_table()
     dialect = source.dialect.name
     in_day = day_filter(dialect, src, day, start)
+    arrived_before = sa.true()
+    if extraction_started is not None:
+        arrived_before = sa.or_(src.c.created_at.is_(None), src.c.created_at <= created_at_value(dialect, extraction_started))
     with source.connect() as conn:
-        window_ids = conn.execute(sa.select(src.c.id).where(in_day, window_condition(dialect, src, start, after))).scalars().all()
-        native = [i for i in set(window_ids) if i is not None]
-        null_ids = tick["null_ids"] or len(native) < len(window_ids)
-        rows_of_ids = _one_of(dialect, src.c.id, native)
-        if null_ids:
-            rows_of_ids = sa.or_(rows_of_ids, src.c.id.is_(None))
-        arrived_before = sa.true()
-        if extraction_started is not None:
-            arrived_before = sa.or_(
-                src.c.created_at.is_(None), src.c.created_at <= created_at_value(dialect, extraction_started)
-            )
-        now_count, before = conn.execute(
-            sa.select(sa.func.count(), sa.func.count().filter(arrived_before)).select_from(src).where(in_day, rows_of_ids)
-        ).one()
+        window = conn.execute(
+            sa.select(src.c.id, sa.case((arrived_before, 1), else_=0)).where(in_day, window_condition(dialect, src, start, after))
+        ).all()
+        native = list({row[0] for row in window if row[0] is not None})
+        null_ids = tick["null_ids"] or len(native) < len(window)
+        if source_id_is_unique(conn):  # one row per id, none without: the window's rows are all the rows of its ids
+            now_count, before = len(window), sum(row[1] for row in window)
+        else:
+            rows_of_ids = _one_of(dialect, src.c.id, native)
+            if null_ids:
+                rows_of_ids = sa.or_(rows_of_ids, src.c.id.is_(None))
+            now_count, before = conn.execute(
+                sa.select(sa.func.count(), sa.func.count().filter(arrived_before)).select_from(src).where(in_day, rows_of_ids)
+            ).one()
     ids = sorted(str(i) for i in native)
     with warehouse.connect() as conn:
         wdialect = conn.dialect.name
