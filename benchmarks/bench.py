@@ -45,6 +45,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -133,7 +134,7 @@ def load_average() -> str:
 # Statement kinds for the split of the ETL's time: the first pattern a statement matches names it.
 _STATEMENT_KINDS = [
     ("clean insert (INSERT ... SELECT, classify + insert clean rows + residue)", r"^\s*WITH source_day AS|^\s*WITH RECURSIVE|^\s*WITH src AS"),
-    ("primary key build", r"ADD PRIMARY KEY"),
+    ("primary key build", r"ADD PRIMARY KEY|^CREATE UNIQUE INDEX"),
     ("index build", r"^CREATE INDEX"),
     ("COPY (residue / Python path rows)", r"^COPY"),
     ("VACUUM / ANALYZE of the new partition", r"^(VACUUM|ANALYZE)"),
@@ -152,13 +153,13 @@ def statement_split(url: str):
 
     engine = get_engine(url)
     split: dict[str, float] = {}
-    starts: list[float] = []
+    starts: dict[int, list[float]] = {}  # per thread: the SQL path runs statements on several connections at once
 
     def before(conn, cursor, statement, parameters, context, executemany):
-        starts.append(time.perf_counter())
+        starts.setdefault(threading.get_ident(), []).append(time.perf_counter())
 
     def after(conn, cursor, statement, parameters, context, executemany):
-        seconds = time.perf_counter() - starts.pop()
+        seconds = time.perf_counter() - starts[threading.get_ident()].pop()
         kind = next((name for name, pattern in _STATEMENT_KINDS if re.search(pattern, statement, re.I | re.M)), "other statements")
         split[kind] = split.get(kind, 0.0) + seconds
 

@@ -90,19 +90,23 @@ def test_a_day_is_its_own_partition_and_a_rerun_swaps_it_for_a_new_one(postgres_
 
 @pytest.mark.postgres
 def test_a_full_load_leaves_its_partition_vacuumed_for_index_only_reads(postgres_url):
-    """The heatmaps run right after the ETL: the new partition's pages are all-visible already
-    (VACUUM after the swap committed), so their index reads need no heap visit."""
+    """The heatmaps run right after the ETL: every page holding the new partition's rows is
+    all-visible already (VACUUM after the swap committed), so their index reads need no heap visit.
+    (Pages without a row may not be: two connections filling the table at once extend it by
+    several pages at a time; such pages hold no row an index points to.)"""
     engine = source(postgres_url, day_rows(400))
     load_partition(engine, engine, DAY, RULES, NOW)
     with engine.connect() as conn:
         name = day_partitions.current_partition(conn, DAY)
-        pages, visible, vacuumed = conn.execute(
+        vacuumed, visible = conn.execute(
             sa.text(
-                "SELECT c.relpages, c.relallvisible, s.last_vacuum IS NOT NULL FROM pg_class c "
+                "SELECT s.last_vacuum IS NOT NULL, c.relallvisible FROM pg_class c "
                 "JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.relname = :name"
             ),
             {"name": name},
         ).one()
+        conn.execute(sa.text("SET enable_seqscan = off"))  # so small a table: the planner would read the heap
+        conn.execute(sa.text("SET enable_bitmapscan = off"))
         plan = "\n".join(
             r[0]
             for r in conn.execute(
@@ -113,9 +117,8 @@ def test_a_full_load_leaves_its_partition_vacuumed_for_index_only_reads(postgres
                 {"d": DAY},
             )
         )
-    assert vacuumed and pages >= 1 and visible == pages
-    if "Index Only Scan" in plan:  # (the planner may prefer the heap for so small a table)
-        assert "Heap Fetches: 0" in plan, plan
+    assert vacuumed and visible >= 1
+    assert "Index Only Scan" in plan and "Heap Fetches: 0" in plan, plan
 
 
 @pytest.mark.postgres

@@ -9,6 +9,7 @@ and JSONB, with and without a unique id.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import re
@@ -21,7 +22,7 @@ from heatmap_pipeline.core.cleaning import REASONS, CleaningRules
 from heatmap_pipeline.warehouse.db import SQLITE_CACHE_KIB, get_engine
 from heatmap_pipeline.warehouse.migrations import ensure_warehouse_schema
 from heatmap_pipeline.warehouse.tables import game_events, quarantined_events
-from heatmap_pipeline.warehouse.etl import sql_path, writing
+from heatmap_pipeline.warehouse.etl import incremental, pg_partitions, sql_path, writing
 from heatmap_pipeline.warehouse.etl import load_partition
 from heatmap_pipeline.warehouse.etl.python_path import load_partition_python
 from heatmap_pipeline.warehouse.etl.sql_path import load_partition_sql
@@ -429,3 +430,59 @@ def test_a_load_has_the_big_sqlite_page_cache_and_a_heatmap_after_it_the_default
     assert at_heatmap == [-SQLITE_CACHE_KIB] == [-2000]  # SQLite's own default, 2 MiB
     with warehouse.connect() as reused, warehouse.connect() as fresh:  # and a new connection has it too
         assert [c.exec_driver_sql("PRAGMA cache_size").scalar() for c in (reused, fresh)] == [-2000, -2000]
+
+
+@pytest.mark.postgres
+def test_the_sql_path_reads_the_watermark_figures_a_full_load_reads_before_it(postgres_url):
+    """PostgreSQL's SQL path counts the day's newest arrival and its rows without one in its own
+    statement (two fill connections, one snapshot); they equal incremental.before_full_load's reads."""
+    rules = dataclasses.replace(RULES, partition_start=dt.date(2025, 11, 1))
+    rows = [event(dt.datetime(2025, 11, 16, 9, i), {"x": i, "y": 1, "level": 1}) for i in range(30)]
+    rows[3]["created_at"] = None  # no arrival time
+    rows[4]["created_at"] = dt.datetime(2025, 10, 20)  # before PARTITION_START_DATE: none either
+    rows[5]["created_at"] = NOW + dt.timedelta(minutes=1)  # after the run's clock: not in the watermark
+    rows[6]["created_at"] = NOW  # the newest arrival
+    rows[7]["payload"] = '{"x": "far", "y": 1, "level": 1}'  # the residue's rows count too
+    rows[7]["created_at"] = NOW - dt.timedelta(seconds=1)
+    engine = write_source_events(postgres_url, rows)
+    ensure_warehouse_schema(engine)
+    expected = incremental.before_full_load(engine, engine, DAY, rules, NOW)
+    result = load_partition_sql(engine, DAY, rules, NOW)
+    assert (result.newest_arrival, result.rows_without_arrival) == (expected.newest_arrival, expected.rows_without_arrival)
+    assert (result.newest_arrival, result.rows_without_arrival) == (NOW, 2)
+    assert result.residue >= 1 and result.extracted == 30
+
+
+@pytest.mark.postgres
+def test_a_failed_load_drops_its_tables_and_the_next_load_drops_a_killed_one_s(postgres_url, monkeypatch):
+    """The SQL path fills and indexes the day's table outside the load's transaction (committed, so
+    several connections can): a failure drops it and its residue table; tables of a load that was
+    killed before it could are dropped by the next load of the day."""
+    engine = write_source_events(postgres_url, source_day(with_duplicates=False, sqlite=False)[:40])
+    ensure_warehouse_schema(engine)
+
+    def day_tables() -> list[str]:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.text(
+                    "SELECT relname FROM pg_class WHERE relkind = 'r' "
+                    "AND (relname LIKE 'game_events_20251116%' OR relname LIKE 'etl_residue_20251116%') ORDER BY relname"
+                )
+            ).scalars().all()
+
+    load_partition(engine, engine, DAY, RULES, NOW)
+    [partition] = day_tables()
+    before = snapshot(postgres_url)
+    with monkeypatch.context() as patch:
+        patch.setattr(sql_path, "write_cleaned_chunks", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full")))
+        with pytest.raises(RuntimeError, match="disk full"):
+            load_partition_sql(engine, DAY, RULES, NOW)
+    assert day_tables() == [partition] and snapshot(postgres_url) == before
+
+    killed = pg_partitions.create_stage_committed(engine, DAY)  # as a killed load leaves them
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE UNLOGGED TABLE "{pg_partitions.residue_name(killed.name)}" (id integer)'))
+    assert len(day_tables()) == 3
+    load_partition(engine, engine, DAY, RULES, NOW)
+    [new_partition] = day_tables()
+    assert new_partition not in (partition, killed.name) and snapshot(postgres_url) == before

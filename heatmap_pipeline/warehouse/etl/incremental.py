@@ -220,6 +220,13 @@ def before_full_load(
     return mark
 
 
+def arrival_bounds(dialect: str, rules: CleaningRules, now: dt.datetime) -> dict:
+    """What :func:`before_full_load` reads, for a load that reads it in its own statement (the
+    PostgreSQL SQL path), as parameters: the newest ``created_at`` in ``[arrival_floor,
+    arrivals_until]``, and the rows whose ``created_at`` is NULL or before ``arrival_floor``."""
+    return {"arrival_floor": _arrival_floor(dialect, rules), "arrivals_until": created_at_value(dialect, now)}
+
+
 def after_full_load(
     warehouse: sa.Engine, day: dt.date, rules: CleaningRules, mark: FullLoadMark, result: EtlResult, now: dt.datetime
 ) -> None:

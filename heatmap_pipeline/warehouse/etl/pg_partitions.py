@@ -3,9 +3,11 @@
 Keeping three indexes up to date row by row cost more than everything else in the load (about
 15 of 27 microseconds a row at 1M rows). So each ETL run writes the day into a fresh table with
 no index, builds the indexes once at the end (sorted bulk builds, parallel where PostgreSQL
-can), and swaps it in: drop the day's old partition, attach the new one. All of it happens in
+can), and swaps it in: drop the day's old partition, attach the new one. The swap happens in
 the run's single transaction, so readers see the old day or the new day, never a mix, and a
-failed run leaves the old partition in place (the fresh table disappears with the rollback).
+failed run leaves the old partition in place. The Python path stages the table in that same
+transaction too (it disappears with a rollback); the SQL path stages it outside, so several
+connections can fill and index it at once, and drops it itself when it fails (last section).
 
 The swap takes ``ACCESS EXCLUSIVE`` on ``game_events`` for the few milliseconds of
 drop + attach; queries on other days wait that long. The lock is taken up front, before any
@@ -22,9 +24,11 @@ SQLite has no partitions: there the ETL deletes and inserts the day in one trans
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import time
 import uuid
+from typing import Callable, TypeVar
 
 import sqlalchemy as sa
 
@@ -36,6 +40,7 @@ DEFAULT_PARTITION = "game_events_default"
 SWAP_LOCK_WAIT = dt.timedelta(milliseconds=500)
 SWAP_LOCK_PATIENCE = dt.timedelta(minutes=10)
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
+T = TypeVar("T")
 
 
 class SwapLockTimeout(DatabaseBusy):
@@ -76,18 +81,28 @@ def create_stage(conn: sa.Connection, day: dt.date) -> sa.TableClause:
 INDEX_BUILD_MEMORY = "256MB"
 
 
-def _build_indexes(conn: sa.Connection, name: str) -> None:
-    """The parent's indexes, built once on the loaded table; ATTACH adopts them as they are."""
-    conn.execute(sa.text(f"SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'"))
+def _index_statements(name: str) -> tuple[str, list[str]]:
+    """The parent's indexes for the table ``name``: its primary key (as ``ALTER TABLE``) and the
+    ``CREATE INDEX`` of every other index this dialect has."""
     pk = ", ".join(quote_ident(c.name) for c in game_events.primary_key.columns)
-    conn.execute(sa.text(f"ALTER TABLE {quote_ident(name)} ADD PRIMARY KEY ({pk})"))
+    others = []
     for index in sorted(game_events.indexes, key=lambda i: i.name):
         if index._ddl_if is not None and index._ddl_if.dialect not in (None, "postgresql"):
             continue  # another dialect's index
         columns = ", ".join(quote_ident(c.name) for c in index.columns)
         include = index.dialect_options["postgresql"].get("include") or []
         suffix = f" INCLUDE ({', '.join(quote_ident(str(c)) for c in include)})" if include else ""
-        conn.execute(sa.text(f"CREATE INDEX ON {quote_ident(name)} ({columns}){suffix}"))
+        others.append(f"CREATE INDEX ON {quote_ident(name)} ({columns}){suffix}")
+    return pk, others
+
+
+def _build_indexes(conn: sa.Connection, name: str) -> None:
+    """The parent's indexes, built once on the loaded table; ATTACH adopts them as they are."""
+    conn.execute(sa.text(f"SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'"))
+    pk, others = _index_statements(name)
+    conn.execute(sa.text(f"ALTER TABLE {quote_ident(name)} ADD PRIMARY KEY ({pk})"))
+    for statement in others:
+        conn.execute(sa.text(statement))
 
 
 def current_partition(conn: sa.Connection, day: dt.date) -> str | None:
@@ -131,14 +146,96 @@ def lock_for_swap(conn: sa.Connection, wait: dt.timedelta | None = None, patienc
 def swap_in(conn: sa.Connection, day: dt.date, stage: sa.TableClause) -> None:
     """Index the loaded table and make it the day's partition, replacing the old one."""
     _build_indexes(conn, stage.name)
+    attach(conn, day, stage.name)
+
+
+def attach(conn: sa.Connection, day: dt.date, name: str) -> None:
+    """Make the indexed table ``name`` the day's partition, replacing the old one."""
     lock_for_swap(conn)
     old = current_partition(conn, day)
     if old is not None:
         conn.execute(sa.text(f"DROP TABLE {quote_ident(old)}"))
     # rows of this day written straight into the parent (default partition) are replaced too
     conn.execute(sa.text(f"DELETE FROM {DEFAULT_PARTITION} WHERE event_date = :d"), {"d": day})
-    conn.execute(sa.text(f"ALTER TABLE game_events ATTACH PARTITION {quote_ident(stage.name)} FOR VALUES IN ('{day.isoformat()}')"))
+    conn.execute(sa.text(f"ALTER TABLE game_events ATTACH PARTITION {quote_ident(name)} FOR VALUES IN ('{day.isoformat()}')"))
 
+
+# --- a day staged outside the load's transaction ------------------------------------------------
+# One backend uses one core, and filling and indexing the day's table is most of a full load. So
+# the SQL path creates the table (and a residue table beside it) in a transaction of its own,
+# fills it and builds its indexes from several connections at once, and only then, in the load's
+# transaction, swaps it in. Readers still see the old day or the new one, never a mix; but a
+# failed load must drop these committed tables itself (``drop_tables``), and those of a load that
+# was killed are dropped by the next load of the day (``leftover_tables``).
+
+
+def residue_name(stage: str) -> str:
+    """The residue table that goes with the stage table ``stage`` (same day and suffix)."""
+    return "etl_residue_" + stage.removeprefix("game_events_")
+
+
+def create_stage_committed(engine: sa.Engine, day: dt.date) -> sa.TableClause:
+    """:func:`create_stage` in a transaction of its own, so other connections can fill the table.
+    Call under the day's advisory lock (held by the load's transaction), after ``leftover_tables``."""
+    with engine.begin() as conn:
+        return create_stage(conn, day)
+
+
+def leftover_tables(conn: sa.Connection, day: dt.date) -> list[str]:
+    """Stage and residue tables of ``day`` that are no partition: left by a load that was killed.
+    Only the holder of the day's advisory lock may create them, so under that lock none is in use."""
+    return conn.execute(
+        sa.text(
+            "SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace = CAST(current_schema() AS regnamespace) "
+            "AND ((relname LIKE :stage AND NOT relispartition) OR relname LIKE :residue) ORDER BY relname"
+        ),
+        {"stage": f"game\\_events\\_{day:%Y%m%d}\\_%", "residue": f"etl\\_residue\\_{day:%Y%m%d}\\_%"},
+    ).scalars().all()
+
+
+def drop_tables(conn: sa.Connection, names: list[str]) -> None:
+    for name in names:
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {quote_ident(name)}"))
+
+
+def on_connections(jobs: list[Callable[[], T]]) -> list[T]:
+    """Run the jobs at once, each in a thread (each opens its own connection: the driver waits for
+    the server without holding the GIL); their results in order. Every job runs to its end; the
+    first failure is raised after that."""
+    if len(jobs) == 1:
+        return [jobs[0]()]
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        concurrent.futures.wait(futures)
+    return [future.result() for future in futures]
+
+
+def build_indexes_at_once(engine: sa.Engine, name: str) -> None:
+    """The parent's indexes on the committed, filled table ``name``, each built by a connection of
+    its own at the same time (a build is one sort, one core); the primary key as a unique index
+    that :func:`adopt_primary_key` turns into the constraint ATTACH looks for. Run before the
+    load's transaction writes into the table: a build waits for every writer of the table."""
+    pk, others = _index_statements(name)
+    statements = [f"CREATE UNIQUE INDEX {quote_ident(name + '_pkey')} ON {quote_ident(name)} ({pk})", *others]
+
+    def build(statement: str) -> Callable[[], None]:
+        def run() -> None:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(sa.text(f"SET maintenance_work_mem = '{INDEX_BUILD_MEMORY}'"))
+                try:
+                    conn.execute(sa.text(statement))
+                finally:
+                    conn.execute(sa.text("RESET maintenance_work_mem"))
+
+        return run
+
+    on_connections([build(statement) for statement in statements])
+
+
+def adopt_primary_key(conn: sa.Connection, name: str) -> None:
+    """The unique index :func:`build_indexes_at_once` built becomes the table's primary key (no scan)."""
+    index = quote_ident(name + "_pkey")
+    conn.execute(sa.text(f"ALTER TABLE {quote_ident(name)} ADD CONSTRAINT {index} PRIMARY KEY USING INDEX {index}"))
 
 
 def vacuum_partition(engine: sa.Engine, day: dt.date) -> None:

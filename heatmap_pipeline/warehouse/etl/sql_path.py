@@ -31,21 +31,33 @@ exactly its 1.1% malformed rows). What SQL accepts as certainly clean:
   ``source.extracted_columns``);
 * an id that is unique among the day's rows (skipped when the source declares it unique).
 
-PostgreSQL runs everything as one statement (data-modifying CTEs), so the clean rows and the
-residue come from one snapshot even while the game keeps inserting. SQLite's write
-transaction already excludes other writers, so two statements see the same data.
+PostgreSQL runs the classification as one statement (data-modifying CTEs) per share of the day,
+on :data:`FILL_CONNECTIONS` connections at once that all read one exported snapshot, so the clean
+rows and the residue come from one snapshot even while the game keeps inserting
+(``pg_partitions.py`` says how the day's table is staged for that). SQLite's write transaction
+already excludes other writers, so two statements see the same data.
 """
 
 from __future__ import annotations
 
 import collections
 import datetime as dt
+from typing import Callable
 
 import sqlalchemy as sa
 
 from heatmap_pipeline.core.binning import PositionRanges
-from heatmap_pipeline.core.cleaning import TYPED_PAYLOAD_KEYS, CleaningRules, EventCleaner
-from heatmap_pipeline.warehouse.etl.writing import EtlResult, begin_day, finish_day, load_page_cache, write_cleaned_chunks
+from heatmap_pipeline.core.cleaning import TYPED_PAYLOAD_KEYS, CleaningRules, EventCleaner, to_utc_naive
+from heatmap_pipeline.warehouse.etl import pg_partitions
+from heatmap_pipeline.warehouse.etl.writing import (
+    EtlResult,
+    begin_day,
+    finish_day,
+    load_page_cache,
+    record_position_stats,
+    write_cleaned_chunks,
+)
+from heatmap_pipeline.warehouse.locks import lock_partition
 from heatmap_pipeline.warehouse.source import (
     EXTRACTED_COLUMNS,
     HOLDABLE_FROM,
@@ -54,7 +66,7 @@ from heatmap_pipeline.warehouse.source import (
     day_filter_text,
     extracted_columns,
 )
-from heatmap_pipeline.warehouse.tables import game_events
+from heatmap_pipeline.warehouse.tables import game_events, quarantined_events
 
 # Fast-path payloads are at most this many bytes: keeps the regex cheap, and Python's json
 # rejects integers over 4300 digits, which no payload this small can hold.
@@ -94,12 +106,10 @@ def _extracted_columns(alias: str = "e") -> str:
     )
 
 
-def _insert_clean_rows(
-    target: str, *, day: str, ts: str, created_at: str, default_level: str, payload: str, in_key_order: bool = False
-) -> str:
-    """Both dialects' ``INSERT INTO target (every game_events column) SELECT ... FROM classified
-    WHERE fast``. The column list is ``tables.game_events``'s own and each value is named by its
-    column, so the two cannot drift apart; the arguments are the dialect's forms of the values."""
+def _clean_values(*, day: str, ts: str, created_at: str, default_level: str, payload: str) -> dict[str, str]:
+    """Every ``game_events`` column's value for a row of ``classified``, by column name; the
+    arguments are the dialect's forms of the values. The column list is ``tables.game_events``'s
+    own, so the two cannot drift apart."""
     values = {
         "event_date": day,
         "event_id": "CAST(id AS TEXT)",
@@ -116,6 +126,13 @@ def _insert_clean_rows(
     columns = [c.name for c in game_events.columns]
     if sorted(values) != sorted(columns):
         raise ValueError(f"values given for {sorted(values)}, game_events has {sorted(columns)}")
+    return values
+
+
+def _insert_clean_rows(target: str, values: dict[str, str], *, in_key_order: bool = False) -> str:
+    """Both dialects' ``INSERT INTO target (every game_events column) SELECT ... FROM classified
+    WHERE fast``, each value from :func:`_clean_values`."""
+    columns = [c.name for c in game_events.columns]
     quoted = ", ".join(f'"{c}"' for c in columns)
     selected = ",\n               ".join(values[c] for c in columns)
     order = f"\n        ORDER BY {values['event_id']}" if in_key_order else ""
@@ -209,11 +226,36 @@ def _pg_level(text: str, value: str) -> str:
     )
 
 
+# Per id type, a hash that splits the day between the fill connections: every row of one id in
+# the same share (duplicate ids are found within a share), NULL ids in the first.
+_PG_ID_HASH = {**{t: "uuid_hash" for t in _PG_UUID}, **{t: "hashint8" for t in _PG_INTS}, **{t: "hashtext" for t in _PG_TEXTLIKE}}
+
+
+def _pg_share(types: dict[str, str], share: int, shares: int) -> str:
+    """The rows of ``events AS e`` this share of the day's fill takes."""
+    if shares == 1:
+        return "TRUE"
+    return f"mod(COALESCE({_PG_ID_HASH[types['id']]}(e.id), 0) & 2147483647, {shares}) = {share}"
+
+
 def _pg_statement(
-    types: dict[str, str], id_unique: bool, target: str, day: dt.date, start: dt.date | None, rows: str = ""
+    types: dict[str, str],
+    id_unique: bool,
+    target: str,
+    day: dt.date,
+    start: dt.date | None,
+    rows: str = "",
+    *,
+    residue: str = "etl_residue",
+    share: tuple[int, int] = (0, 1),
+    summarize: bool = False,
 ) -> str:
     """The classification of the day's rows (only those matching the SQL condition ``rows`` over
-    ``events AS e`` when given: an incremental tick's ids) into ``target`` and ``etl_residue``."""
+    ``events AS e`` when given: an incremental tick's ids; only this ``share`` of them: a full
+    load's fill connection's) into ``target`` and ``residue``. ``summarize``: the statement
+    returns, per level of the inserted rows, their count and their positions' count and range,
+    and the two figures of a full load's watermark (incremental.arrival_bounds: parameters
+    ``arrival_floor`` and ``arrivals_until``), all read from the rows it classified."""
     # Which payloads may be cast to jsonb without an error, and then read the way Python reads
     # them. json/jsonb columns hold JSON PostgreSQL already parsed: only a huge exponent (a
     # numeric overflow when cast) needs excluding. Text may hold anything: only flat objects
@@ -235,10 +277,20 @@ def _pg_statement(
     n_id = "1" if id_unique else "count(*) OVER (PARTITION BY e.id)"
     missing = "({v} IS NULL OR jsonb_typeof({v}) = 'null')"
     raw = ", ".join(f'"{c}"' for c in _RESIDUE_COLUMNS)
-    insert_clean = _insert_clean_rows(
-        target, day="CAST(:day AS date)", ts="ts_utc", created_at="created_utc", default_level="CAST(:default_level AS text)",
+    values = _clean_values(
+        day="CAST(:day AS date)", ts="ts_utc", created_at="created_utc", default_level="CAST(:default_level AS text)",
         payload="rest_text",
     )
+    insert_clean = _insert_clean_rows(target, values)
+    position = f"fast AND ({values['level']}) IS NOT NULL AND ({values['x']}) IS NOT NULL AND ({values['y']}) IS NOT NULL"
+    summary = f"""SELECT {values['level']} AS level, count(*) FILTER (WHERE fast) AS inserted,
+           count(*) FILTER (WHERE {position}) AS positions,
+           min({values['x']}) FILTER (WHERE {position}) AS x_min, max({values['x']}) FILTER (WHERE {position}) AS x_max,
+           min({values['y']}) FILTER (WHERE {position}) AS y_min, max({values['y']}) FILTER (WHERE {position}) AS y_max,
+           max(created_at) FILTER (WHERE created_at <= :arrivals_until AND created_at >= :arrival_floor) AS newest_arrival,
+           count(*) FILTER (WHERE created_at IS NULL OR created_at < :arrival_floor) AS without_arrival
+    FROM classified
+    GROUP BY 1"""
     # Each payload is parsed once: the OFFSET 0 fences stop the planner from inlining the
     # parse (and the member lookups) into every expression that uses them.
     statement = f"""
@@ -246,7 +298,7 @@ def _pg_statement(
         SELECT {_extracted_columns("e")},
                {utc("timestamp")} AS ts_utc, {utc("created_at")} AS created_utc, {n_id} AS n_id
         FROM events e
-        WHERE {day_filter_text("postgresql", day, "e", start)}{f" AND ({rows})" if rows else ""}
+        WHERE {day_filter_text("postgresql", day, "e", start)}{f" AND ({rows})" if rows else ""} AND {_pg_share(types, *share)}
         OFFSET 0
     ),
     parsed AS (
@@ -302,10 +354,10 @@ def _pg_statement(
         {insert_clean}
     ),
     res AS (
-        INSERT INTO etl_residue ({raw})
+        INSERT INTO "{residue}" ({raw})
         SELECT {raw} FROM classified WHERE NOT fast
     )
-    SELECT 1
+    {summary if summarize else "SELECT 1"}
     """
     return statement
 
@@ -329,28 +381,124 @@ def _params(day: dt.date, rules: CleaningRules, dialect: str) -> dict:
     }
 
 
-def _pg_fast_insert(
-    conn: sa.Connection, day: dt.date, rules: CleaningRules, target: str, ranges: PositionRanges
-) -> tuple[int, sa.Select, dict]:
-    """Insert the certainly-clean rows into ``target``; add their position ranges to ``ranges``;
-    return their count and a query for the residue."""
-    types = _pg_source_columns(conn)
-    _pg_check_types(types)
-    conn.execute(
-        sa.text(
-            f"CREATE TEMP TABLE etl_residue ON COMMIT DROP AS SELECT {_extracted_columns('e')} FROM events e WITH NO DATA"
-        )
-    )
-    statement = _pg_statement(types, _pg_id_is_unique(conn), target, day, rules.partition_start)
-    # The statement keeps the classified day in a tuplestore (the clean rows and the residue
-    # both read it): in memory it costs a fraction of spilling ~160 bytes a row to disk.
-    conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
-    conn.execute(sa.text(statement), _params(day, rules, "postgresql"))
-    fast = _summarize_inserted(conn, target, day, ranges)
-    residue = sa.table("etl_residue", *(sa.column(c) for c in _RESIDUE_COLUMNS))
-    # as the extraction selects them: a time Python cannot hold comes as text (source.extracted_columns)
-    query = sa.select(*extracted_columns("postgresql", residue)).order_by(residue.c.id, residue.c.created_at)
-    return int(fast), query, {}
+# How many connections fill the day's table at once: one backend uses one core, and classifying
+# and inserting the day is most of a full load (1M real-schema events: ~6 s of one core).
+FILL_CONNECTIONS = 2
+
+
+def _pg_fill(
+    engine: sa.Engine, types: dict[str, str], id_unique: bool, stage: str, residue: str, day: dt.date, params: dict,
+    start: dt.date | None,
+) -> list[sa.Row]:
+    """Fill ``stage`` and ``residue`` with the day, a share per connection, all shares reading one
+    snapshot (the first exports it, the others import it) so together they read the day exactly
+    once; each commits. The summary rows of every share (see :func:`_pg_statement`)."""
+    shares = FILL_CONNECTIONS
+    conns = [engine.connect().execution_options(isolation_level="REPEATABLE READ") for _ in range(shares)]
+    try:
+        for conn in conns:
+            conn.begin()
+        snapshot = conns[0].execute(sa.text("SELECT pg_export_snapshot()")).scalar_one()
+        for conn in conns[1:]:
+            conn.execute(sa.text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))  # the server's id: digits, hex, dashes
+        for conn in conns:
+            # The statement keeps the classified share in a tuplestore (the clean rows and the residue
+            # both read it): in memory it costs a fraction of spilling ~160 bytes a row to disk.
+            conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
+
+        def fill(share: int) -> Callable[[], list[sa.Row]]:
+            statement = _pg_statement(
+                types, id_unique, stage, day, start, residue=residue, share=(share, shares), summarize=True
+            )
+            return lambda: conns[share].execute(sa.text(statement), params).all()
+
+        summaries = pg_partitions.on_connections([fill(share) for share in range(shares)])
+        for conn in conns:
+            conn.commit()
+    finally:
+        for conn in conns:
+            conn.close()
+    return [row for rows in summaries for row in rows]
+
+
+def _pg_load(
+    engine: sa.Engine,
+    day: dt.date,
+    rules: CleaningRules,
+    now: dt.datetime,
+    cleaner: EventCleaner,
+    reasons: collections.Counter[str],
+    chunk_size: int,
+    result: EtlResult,
+) -> tuple[int, int, int, dict[str, int]]:
+    """Replace the partition of ``day``; (rows SQL inserted, clean rows the cleaner added,
+    quarantined rows, position events per level); the day's watermark figures into ``result``.
+
+    The day's table and a residue table are created and committed under the day's advisory lock,
+    filled by :data:`FILL_CONNECTIONS` connections, indexed by a connection per index, and then,
+    in the load's transaction (which holds the lock from the start), the residue goes through the
+    Python cleaner into the table and the quarantine and the table is swapped in. On any failure
+    the load's transaction rolls back and the two tables are dropped.
+    """
+    from heatmap_pipeline.warehouse.etl.incremental import arrival_bounds  # (it imports this module)
+
+    with engine.connect() as conn:
+        enc = conn.execute(sa.text("SHOW server_encoding")).scalar()
+        if enc != "UTF8":  # octet_length must count the bytes Python counts
+            raise UnsupportedSource(f"server_encoding {enc}")
+        types = _pg_source_columns(conn)
+        _pg_check_types(types)
+        id_unique = _pg_id_is_unique(conn)
+    params = {**_params(day, rules, "postgresql"), **arrival_bounds("postgresql", rules, now)}
+    tables: list[str] = []
+    try:
+        with engine.begin() as conn:
+            lock_partition(conn, "game_events", day)
+            pg_partitions.drop_tables(conn, pg_partitions.leftover_tables(conn, day))
+            stage = pg_partitions.create_stage_committed(engine, day)
+            residue = pg_partitions.residue_name(stage.name)
+            tables = [stage.name, residue]
+            with engine.begin() as other:  # committed too: the fill's connections write it
+                other.execute(
+                    sa.text(
+                        f'CREATE UNLOGGED TABLE "{residue}" AS SELECT {_extracted_columns("e")} FROM events e WITH NO DATA'
+                    )
+                )
+            ranges = PositionRanges()
+            fast = without = 0
+            newest = None
+            for level, inserted, positions, x_min, x_max, y_min, y_max, share_newest, share_without in _pg_fill(
+                engine, types, id_unique, stage.name, residue, day, params, rules.partition_start
+            ):
+                fast += inserted
+                if positions:
+                    ranges.add_summary(level, positions, x_min, x_max, y_min, y_max)
+                if share_newest is not None and (newest is None or share_newest > newest):
+                    newest = share_newest
+                without += share_without
+            # before this transaction writes into the table: an index build waits for its writers
+            pg_partitions.build_indexes_at_once(engine, stage.name)
+            conn.execute(quarantined_events.delete().where(quarantined_events.c.partition_date == day))
+            table = sa.table(residue, *(sa.column(c) for c in _RESIDUE_COLUMNS))
+            # as the extraction selects them: a time Python cannot hold comes as text (source.extracted_columns)
+            query = sa.select(*extracted_columns("postgresql", table)).order_by(table.c.id, table.c.created_at)
+            rows = conn.execute(query, execution_options={"yield_per": chunk_size}).mappings()
+            clean, quarantined = write_cleaned_chunks(conn, rows.partitions(chunk_size), cleaner, reasons, stage, ranges)
+            pg_partitions.adopt_primary_key(conn, stage.name)
+            record_position_stats(conn, day, ranges)
+            pg_partitions.attach(conn, day, stage.name)
+            pg_partitions.drop_tables(conn, [residue])
+    except BaseException:
+        if tables:
+            try:
+                with engine.begin() as conn:
+                    pg_partitions.drop_tables(conn, tables)
+            except sa.exc.DBAPIError:  # the next load of the day drops them (leftover_tables)
+                pass
+        raise
+    result.newest_arrival = None if newest is None else to_utc_naive(newest, "created_at")
+    result.rows_without_arrival = int(without)
+    return fast, clean, quarantined, {level: summary.positions for level, summary in sorted(ranges.by_level.items())}
 
 
 # ------------------------------------------------------------------------------- SQLite ----
@@ -495,10 +643,8 @@ def _sqlite_fast_insert(
     # no JSON rendering that matches the stored form of the rest (core.cleaning.slim_payload_text).
     # In primary key order: SQLite keeps game_events' key index up to date row by row, and random
     # (uuid) ids scattered its pages (1M events: 44.7 s, 31.7 s CPU unordered; 34.5 s, 27.4 s CPU).
-    insert_clean = _insert_clean_rows(
-        game_events.name, day=":day", ts="ts_norm", created_at="created_norm", default_level=":default_level",
-        payload="NULL", in_key_order=True,
-    )
+    values = _clean_values(day=":day", ts="ts_norm", created_at="created_norm", default_level=":default_level", payload="NULL")
+    insert_clean = _insert_clean_rows(game_events.name, values, in_key_order=True)
     conn.execute(sa.text(f"{with_clause}\n    {insert_clean}"), params)
     inserted = _summarize_inserted(conn, game_events.name, day, ranges)
     # The residue is every row of the day whose id did not just land in the (emptied) partition:
@@ -562,20 +708,16 @@ def load_partition_sql(
     result = EtlResult(partition_date=day, method=f"sql+python-residue ({dialect})")
     cleaner = EventCleaner(day, rules, now)
     reasons: collections.Counter[str] = collections.Counter()
-    with engine.begin() as conn, load_page_cache(conn):
-        if dialect == "postgresql":
-            enc = conn.execute(sa.text("SHOW server_encoding")).scalar()
-            if enc != "UTF8":  # octet_length must count the bytes Python counts
-                raise UnsupportedSource(f"server_encoding {enc}")
-        target = begin_day(conn, day)
-        ranges = PositionRanges()
-        if dialect == "postgresql":
-            fast, residue_query, params = _pg_fast_insert(conn, day, rules, target.name, ranges)
-        else:
+    if dialect == "postgresql":
+        fast, clean, quarantined, result.positions = _pg_load(engine, day, rules, now, cleaner, reasons, chunk_size, result)
+    else:
+        with engine.begin() as conn, load_page_cache(conn):
+            target = begin_day(conn, day)
+            ranges = PositionRanges()
             fast, residue_query, params = _sqlite_fast_insert(conn, day, rules, ranges)
-        rows = conn.execute(residue_query, params, execution_options={"yield_per": chunk_size}).mappings()
-        clean, quarantined = write_cleaned_chunks(conn, rows.partitions(chunk_size), cleaner, reasons, target, ranges)
-        result.positions = finish_day(conn, day, target, ranges)
+            rows = conn.execute(residue_query, params, execution_options={"yield_per": chunk_size}).mappings()
+            clean, quarantined = write_cleaned_chunks(conn, rows.partitions(chunk_size), cleaner, reasons, target, ranges)
+            result.positions = finish_day(conn, day, target, ranges)
     result.extracted = fast + cleaner.extracted
     result.clean = fast + clean
     result.quarantined = quarantined
