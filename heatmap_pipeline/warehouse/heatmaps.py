@@ -306,6 +306,9 @@ def _bin_postgresql(conn: sa.Connection, day: dt.date, level: str, grid: KindsAc
 
 
 SQLITE_CHUNK_ROWS = 65_536
+# A chunk of the points query's rows as one numpy record array: np.fromiter fills it straight from
+# the driver's tuples (zip(*chunk) into four tuples, then arrays, was ~40% of the binning's CPU).
+_SQLITE_POINT = np.dtype([("x", np.float64), ("y", np.float64), ("kinds", np.int64), ("session_id", object)])
 
 
 def sqlite_points_sql(kinds: Sequence[KindConfig], day: dt.date, level: str) -> tuple[str, tuple]:
@@ -323,9 +326,9 @@ def _bin_sqlite(conn: sa.Connection, day: dt.date, level: str, grid: KindsAccumu
     try:
         cursor.execute(*sqlite_points_sql(kinds, day, level))
         while chunk := cursor.fetchmany(SQLITE_CHUNK_ROWS):
-            x, y, masks, session_ids = zip(*chunk)
-            grid.add(x, y, masks)
-            pairs.update(zip(masks, session_ids))
+            points = np.fromiter(chunk, dtype=_SQLITE_POINT, count=len(chunk))
+            grid.add(points["x"], points["y"], points["kinds"])
+            pairs.update(zip(points["kinds"].tolist(), points["session_id"].tolist()))
     finally:
         cursor.close()
     return sessions_per_kind(pairs, len(kinds))
