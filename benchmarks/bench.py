@@ -17,8 +17,12 @@ in this order:
 * ``reference`` - the old job re-implemented: per level, ``SELECT id, timestamp, payload FROM
                   events WHERE DATE(timestamp) = :d ORDER BY timestamp``, ``pd.json_normalize``,
                   the level filter, ``pd.to_numeric``, ``np.histogram2d`` on the data's own range;
+* ``heatmaps_fixed`` - the 3 heatmaps again with fixed bounds (a levels file: level L's bounds
+                  [0, 100 L] x [0, 80], the data's range), computed in full: what the tick builds on;
 * ``tick_etl``, ``tick_heatmaps`` - 10k more events arrive; ``game_events`` as ``etl_schedule`` runs it
-                  (incremental), then the 3 heatmaps with their check.
+                  (incremental), then the 3 fixed-bounds heatmaps with their check (incremental:
+                  the tick's changes added to the stored matrices);
+* ``tick_heatmaps_auto`` - then the same 3 heatmaps with automatic bounds (recomputed in full).
 
 Each phase records wall seconds, this process's CPU and (PostgreSQL) its backends' CPU: the
 machine may be shared, and wall time then waits for cores.
@@ -363,7 +367,18 @@ def reference_heatmaps(url: str) -> dict[str, tuple[np.ndarray, list[float]]]:
 # ------------------------------------------------------------------------ our side ---------
 
 
-def build(url: str):
+def fixed_levels_file(directory: str) -> str:
+    """A levels file giving each level fixed bounds that hold its generated positions (x < 100 L, y < 80)."""
+    path = Path(directory) / "levels.toml"
+    path.write_text("".join(f"[levels.{level}]\nbounds = [0, {100 * int(level)}, 0, 80]\n\n" for level in LEVELS))
+    return str(path)
+
+
+def fixed_bounds(level: str) -> list[float]:
+    return [0.0, 100.0 * int(level), 0.0, 80.0]
+
+
+def build(url: str, levels_file: str | None = None):
     import dagster as dg
 
     from heatmap_pipeline.defs.assets.events import build_game_events_asset
@@ -372,7 +387,10 @@ def build(url: str):
     from heatmap_pipeline.defs.resources import SourceDatabase, WarehouseDatabase
     from heatmap_pipeline.settings import load_settings
 
-    settings = load_settings({"DATABASE_URL": url, "HEATMAP_LEVELS": ",".join(LEVELS), "HEATMAP_GRID_SIZE": str(GRID)})
+    env = {"DATABASE_URL": url, "HEATMAP_LEVELS": ",".join(LEVELS), "HEATMAP_GRID_SIZE": str(GRID)}
+    if levels_file:
+        env["HEATMAP_LEVELS_FILE"] = levels_file
+    settings = load_settings(env)
     resources = {"source": SourceDatabase(url=url), "warehouse": WarehouseDatabase(url=url)}
     events_asset = build_game_events_asset(settings, date_partitions(settings))
     heatmaps_asset = build_level_heatmaps_asset(settings, heatmap_partitions(settings), date_partitions(settings))
@@ -394,17 +412,22 @@ def materialize_events(events_asset, resources, instance, tags: dict | None = No
     return {key: getattr(value, "value", value) for key, value in metadata.items()}
 
 
-def materialize_heatmaps(heatmaps, resources, instance):
-    """The 3 levels as production runs them: the asset and its blocking matrix_consistent check."""
+def materialize_heatmaps(heatmaps, resources, instance) -> dict[str, str]:
+    """The 3 levels as production runs them: the asset and its blocking matrix_consistent check.
+    Returns each level's heatmap_mode (incremental or full)."""
     import dagster as dg
 
     heatmaps_asset, checks = heatmaps
+    modes = {}
     for level in LEVELS:
         key = dg.MultiPartitionKey({"date": DAY.isoformat(), "level": level})
         result = dg.materialize([heatmaps_asset, *checks], resources=resources, partition_key=key, instance=instance)
         assert result.success
         evaluations = result.get_asset_check_evaluations()
         assert [e.check_name for e in evaluations] == ["matrix_consistent"] and all(e.passed for e in evaluations)
+        metadata = result.asset_materializations_for_node("level_heatmaps")[0].metadata
+        modes[level] = metadata["heatmap_mode"].value
+    return modes
 
 
 def stored_heatmaps(url: str) -> dict[str, tuple[np.ndarray, list[float]]]:
@@ -418,9 +441,10 @@ def stored_heatmaps(url: str) -> dict[str, tuple[np.ndarray, list[float]]]:
     return out
 
 
-def typed_histograms(url: str) -> dict[str, tuple[np.ndarray, list[float]]]:
+def typed_histograms(url: str, fixed: bool = False) -> dict[str, tuple[np.ndarray, list[float]]]:
     """np.histogram2d over game_events' typed x, y (streamed) on the data's own range, as the old
-    job binned: the check when the reference is too slow to run. Checks our bounds too."""
+    job binned: the check when the reference is too slow to run. Checks our bounds too.
+    ``fixed``: on the levels file's fixed bounds (fixed_levels_file) instead."""
     from heatmap_pipeline.warehouse.db import get_engine
 
     engine = get_engine(url)
@@ -438,7 +462,11 @@ def typed_histograms(url: str) -> dict[str, tuple[np.ndarray, list[float]]]:
                 xs.append(arr[:, 0])
                 ys.append(arr[:, 1])
         x, y = np.concatenate(xs), np.concatenate(ys)
-        counts, x_edges, y_edges = np.histogram2d(x, y, bins=GRID)
+        if fixed:
+            x_min, x_max, y_min, y_max = fixed_bounds(level)
+            counts, x_edges, y_edges = np.histogram2d(x, y, bins=GRID, range=[[x_min, x_max], [y_min, y_max]])
+        else:
+            counts, x_edges, y_edges = np.histogram2d(x, y, bins=GRID)
         out[level] = (counts.T, [x_edges[0], x_edges[-1], y_edges[0], y_edges[-1]])
     return out
 
@@ -574,15 +602,22 @@ def run_one(kind: str, n: int, args) -> dict:
         if args.explain:
             record["plans"] = explain(url)
         if not args.no_tick:
-            run_tick(url, n, args, events_asset, heatmaps_asset, resources, instance, record)
+            with tempfile.TemporaryDirectory() as directory:
+                _, fixed_heatmaps, _, _ = build(url, fixed_levels_file(directory))
+                with measure("heatmaps_fixed", url) as phase:
+                    record["heatmaps_fixed_modes"] = materialize_heatmaps(fixed_heatmaps, resources, instance)
+                record["phases"][phase.name] = vars(phase)
+                run_tick(url, n, args, events_asset, (fixed_heatmaps, heatmaps_asset), resources, instance, record)
     return record
 
 
 def run_tick(url: str, n: int, args, events_asset, heatmaps, resources, instance, record: dict) -> None:
     """A scheduled tick after 10k more events arrived (stamped 23:50-24:00, arriving 10 minutes
     later): game_events as etl_schedule launches it (incremental), then the 3 heatmaps with their
-    check, as they follow the ETL. Checked: the tick loaded incrementally, every source row of
-    the day is stored (clean or quarantined), the heatmaps equal np.histogram2d of the typed rows."""
+    check, as they follow the ETL: with fixed bounds (incremental), then with automatic bounds.
+    Checked: the tick and the fixed-bounds heatmaps were incremental, every source row of the day
+    is stored (clean or quarantined), the heatmaps equal np.histogram2d of the typed rows."""
+    fixed_heatmaps, auto_heatmaps = heatmaps
     from heatmap_pipeline.orchestration import INCREMENTAL, LOAD_MODE_TAG
     from heatmap_pipeline.warehouse.db import get_engine
     from heatmap_pipeline.warehouse.etl.writing import partition_counts
@@ -594,7 +629,11 @@ def run_tick(url: str, n: int, args, events_asset, heatmaps, resources, instance
         meta = materialize_events(events_asset, resources, instance, tags={LOAD_MODE_TAG: INCREMENTAL})
     record["phases"][phase.name] = vars(phase)
     with measure("tick_heatmaps", url) as phase:
-        materialize_heatmaps(heatmaps, resources, instance)
+        modes = materialize_heatmaps(fixed_heatmaps, resources, instance)
+    record["phases"][phase.name] = vars(phase)
+    fixed_match = not compare_matrices(stored_heatmaps(url), typed_histograms(url, fixed=True))
+    with measure("tick_heatmaps_auto", url) as phase:
+        auto_modes = materialize_heatmaps(auto_heatmaps, resources, instance)
     record["phases"][phase.name] = vars(phase)
     stored = partition_counts(get_engine(url), DAY)
     record["tick"] = {
@@ -603,10 +642,19 @@ def run_tick(url: str, n: int, args, events_asset, heatmaps, resources, instance
         "rows_extracted_this_load": meta.get("rows_extracted_this_load"),
         "source_rows": count_source_rows(get_engine(url), DAY),
         "stored_rows": stored["clean"] + stored["quarantined"],
+        "heatmap_modes": modes,
+        "heatmap_modes_auto": auto_modes,
+        "fixed_matrices_match": fixed_match,
         "matrices_match": not compare_matrices(stored_heatmaps(url), typed_histograms(url)),
     }
     tick = record["tick"]
-    tick["ok"] = tick["load_mode"] == INCREMENTAL and tick["source_rows"] == tick["stored_rows"] and tick["matrices_match"]
+    tick["ok"] = (
+        tick["load_mode"] == INCREMENTAL
+        and tick["source_rows"] == tick["stored_rows"]
+        and tick["matrices_match"]
+        and tick["fixed_matrices_match"]
+        and set(modes.values()) == {"incremental"}
+    )
 
 
 def compare_matrices(ours: dict, reference: dict) -> list[str]:
@@ -649,13 +697,13 @@ def table(records: list[dict]) -> str:
         ref = p.get("reference", {}).get("seconds")
         floor = p["floor_read"]["seconds"]
         phases = ("etl", "heatmaps", "heatmaps_no_dagster", "floor_read", "floor_bincount", "dagster_overhead", "reference",
-                  "tick_etl", "tick_heatmaps")
+                  "heatmaps_fixed", "tick_etl", "tick_heatmaps", "tick_heatmaps_auto")
         for name in phases:
             if name not in p:
                 continue
             ph = p[name]
             secs = ph["seconds"]
-            rate = f"{rec['events'] / secs:,.0f}" if name not in ("dagster_overhead", "tick_etl", "tick_heatmaps") and secs else ""
+            rate = f"{rec['events'] / secs:,.0f}" if not name.startswith(("dagster_overhead", "tick_")) and secs else ""
             if name == "tick_etl" and secs:
                 rate = f"{rec['tick']['events'] / secs:,.0f} (tick)"
             cpu = ""

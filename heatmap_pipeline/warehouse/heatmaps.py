@@ -25,6 +25,7 @@ cell rule. Memory stays at one chunk (plus the sets of session ids).
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import functools
 import operator
@@ -46,6 +47,11 @@ from heatmap_pipeline.core.binning import (
 from heatmap_pipeline.core.levels import DEFAULT_KINDS, POSITIONS, KindConfig
 from heatmap_pipeline.warehouse.tables import game_events, heatmap_kinds, heatmaps, position_stats
 from heatmap_pipeline.warehouse.locks import lock_partition
+from heatmap_pipeline.warehouse import position_changes
+
+
+# Per kind: its events per session (sessions without id are not counted), for incremental heatmaps.
+SessionEvents = dict[str, dict[str, int]]
 
 
 @dataclass
@@ -78,6 +84,10 @@ class HeatmapResult:
     out_of_bounds: int
     grid_y: int | None = None  # None: square
     kinds: dict[str, KindHeatmap] = field(default_factory=dict)
+    kind_order: tuple[KindConfig, ...] = ()  # bit i of a kinds bitmask is kind_order[i]
+    session_events: SessionEvents | None = None  # compute_heatmap(per_session=True)
+    # the day's position change log where the binned rows stand (warehouse/heatmap_increments.py)
+    changes: position_changes.ChangeMark | None = None
 
     @property
     def summary(self) -> dict:
@@ -124,35 +134,35 @@ def _bucket(column: sa.Column, edges: str) -> sa.ColumnElement[int]:
     return sa.func.width_bucket(column, sa.cast(sa.bindparam(edges), postgresql.ARRAY(sa.Double())))
 
 
-def _payload_field(key: str, dialect: str) -> sa.ColumnElement[str]:
+def _payload_field(key: str, dialect: str, table: sa.Table = game_events) -> sa.ColumnElement[str]:
     """A payload member as text (a number as it is written: 42 -> '42'); payloads are valid JSON text."""
     if dialect == "postgresql":
-        return sa.func.json_extract_path_text(sa.cast(game_events.c.payload, postgresql.JSON), key)
-    return sa.cast(sa.func.json_extract(game_events.c.payload, '$."' + key + '"'), sa.Text)
+        return sa.func.json_extract_path_text(sa.cast(table.c.payload, postgresql.JSON), key)
+    return sa.cast(sa.func.json_extract(table.c.payload, '$."' + key + '"'), sa.Text)
 
 
-def kind_condition(kind: KindConfig, dialect: str) -> sa.ColumnElement[bool] | None:
+def kind_condition(kind: KindConfig, dialect: str, table: sa.Table = game_events) -> sa.ColumnElement[bool] | None:
     """Which of a level's position events belong to ``kind``; None: all of them (positions).
 
     An event type matches game_events.event_type OR event_name (the old game sends e.g.
     event_type "gameplay"-ish values with the name in event_name; the session stats count
-    deaths the same way)."""
+    deaths the same way). ``table``: game_events, or a table with its columns (position_changes)."""
     terms = []
     if kind.event_types:
         types = sorted(kind.event_types)
         # equalities, not IN: plain bind parameters, so the statement also works as text (pg_binning_sql)
-        columns = (game_events.c.event_type, game_events.c.event_name)
+        columns = (table.c.event_type, table.c.event_name)
         terms.append(sa.or_(*(column == name for column in columns for name in types)))
     for key, value in sorted(kind.payload_filter.items()):
-        terms.append(_payload_field(key, dialect) == value)
+        terms.append(_payload_field(key, dialect, table) == value)
     return sa.and_(*terms) if terms else None
 
 
-def kinds_mask(kinds: Sequence[KindConfig], dialect: str) -> sa.ColumnElement[int]:
+def kinds_mask(kinds: Sequence[KindConfig], dialect: str, table: sa.Table = game_events) -> sa.ColumnElement[int]:
     """Bit i set when the event belongs to ``kinds[i]``: the kinds overlap (a death is a position)."""
     terms = []
     for bit, kind in enumerate(kinds):
-        condition = kind_condition(kind, dialect)
+        condition = kind_condition(kind, dialect, table)
         terms.append(
             sa.literal_column(str(1 << bit))
             if condition is None
@@ -204,6 +214,24 @@ def pg_sessions_query(kinds: Sequence[KindConfig]) -> sa.Select:
             .label(f"sessions_{bit}")
             for bit in range(len(kinds))
         )
+    )
+
+
+def pg_session_events_query(kinds: Sequence[KindConfig]) -> sa.Select:
+    """Per session (not NULL) of the level's positions of the day: its events of each kind
+    (``events_0``, ``events_1``, ...). Instead of pg_sessions_query when the counts are kept
+    (fixed bounds: incremental heatmaps, warehouse/heatmap_increments.py); a plain GROUP BY too."""
+    mask = kinds_mask(kinds, "postgresql")
+    return (
+        sa.select(
+            game_events.c.session_id,
+            *(
+                sa.func.count().filter(mask.op("&")(sa.literal_column(str(1 << bit))) != sa.literal_column("0")).label(f"events_{bit}")
+                for bit in range(len(kinds))
+            ),
+        )
+        .where(_kinds_filter(kinds, "postgresql"), game_events.c.session_id.is_not(None))
+        .group_by(game_events.c.session_id)
     )
 
 
@@ -284,9 +312,11 @@ def plan_bucket_query(conn: sa.Connection) -> None:
     conn.execute(sa.text("SET LOCAL parallel_tuple_cost = 0"))
 
 
-def _bin_postgresql(conn: sa.Connection, day: dt.date, level: str, grid: KindsAccumulator, kinds) -> list[int]:
+def _bin_postgresql(
+    conn: sa.Connection, day: dt.date, level: str, grid: KindsAccumulator, kinds, per_session: bool
+) -> tuple[list[int], SessionEvents | None]:
     """Fill ``grid`` from one GROUP BY over the level's positions; the sessions of each kind
-    from a second (both in the caller's snapshot)."""
+    from a second (both in the caller's snapshot), and with ``per_session`` their events."""
     bounds, gx_n, gy_n = grid.bounds, grid.grid_x, grid.grid_y
     plan_bucket_query(conn)
     params = {"day": day, "level": level}
@@ -302,7 +332,14 @@ def _bin_postgresql(conn: sa.Connection, day: dt.date, level: str, grid: KindsAc
         gy, gx, masks, counts = (np.asarray(column, dtype=np.int64) for column in zip(*cells))
         inside = (gy >= 1) & (gy <= gy_n) & (gx >= 1) & (gx <= gx_n)  # else outside the bounds
         grid.add_counts(np.where(inside, gy - 1, 0), np.where(inside, gx - 1, 0), masks, counts, inside)
-    return [int(n) for n in conn.execute(pg_sessions_query(kinds), params).one()]
+    if not per_session:
+        return [int(n) for n in conn.execute(pg_sessions_query(kinds), params).one()], None
+    events: SessionEvents = {kind.name: {} for kind in kinds}
+    for session, *counts in conn.execute(pg_session_events_query(kinds), params):
+        for kind, n in zip(kinds, counts):
+            if n:
+                events[kind.name][session] = int(n)
+    return [len(events[kind.name]) for kind in kinds], events
 
 
 SQLITE_CHUNK_ROWS = 65_536
@@ -318,9 +355,13 @@ def sqlite_points_sql(kinds: Sequence[KindConfig], day: dt.date, level: str) -> 
     return str(compiled), tuple(values[name] for name in compiled.positiontup)
 
 
-def _bin_sqlite(conn: sa.Connection, day: dt.date, level: str, grid: KindsAccumulator, kinds) -> list[int]:
-    """Stream the level's positions in chunks into ``grid``; the sessions of each kind."""
-    pairs: set[tuple[int, str | None]] = set()  # distinct (kinds bitmask, session_id)
+def _bin_sqlite(
+    conn: sa.Connection, day: dt.date, level: str, grid: KindsAccumulator, kinds, per_session: bool
+) -> tuple[list[int], SessionEvents | None]:
+    """Stream the level's positions in chunks into ``grid``; the sessions of each kind, and with
+    ``per_session`` their events."""
+    # distinct (kinds bitmask, session_id); counted only when the events per session are kept
+    pairs: set[tuple[int, str | None]] | collections.Counter = collections.Counter() if per_session else set()
     # the driver's own cursor: a chunk of plain tuples straight into numpy, no Row objects
     cursor = conn.connection.driver_connection.cursor()
     try:
@@ -331,7 +372,15 @@ def _bin_sqlite(conn: sa.Connection, day: dt.date, level: str, grid: KindsAccumu
             pairs.update(zip(points["kinds"].tolist(), points["session_id"].tolist()))
     finally:
         cursor.close()
-    return sessions_per_kind(pairs, len(kinds))
+    if not per_session:
+        return sessions_per_kind(pairs, len(kinds)), None
+    events: SessionEvents = {kind.name: collections.Counter() for kind in kinds}
+    for (mask, session), n in pairs.items():
+        if session is not None:
+            for bit, kind in enumerate(kinds):
+                if mask >> bit & 1:
+                    events[kind.name][session] += n
+    return [len(events[kind.name]) for kind in kinds], events
 
 
 def compute_heatmap(
@@ -343,19 +392,24 @@ def compute_heatmap(
     *,
     grid_y: int | None = None,
     kinds: Sequence[KindConfig] = (),
+    per_session: bool = False,
 ) -> HeatmapResult:
     """Bin the day's positions of one level, every kind in the same pass; auto bounds are the
     day's positions' min/max, shared by every kind (so kinds compare cell by cell).
 
     ``grid_size`` is the number of x cells, ``grid_y`` of y cells (default: square). ``kinds``:
-    the kinds besides positions, which is always binned (the old ``heatmaps`` row)."""
+    the kinds besides positions, which is always binned (the old ``heatmaps`` row). ``per_session``:
+    also each kind's events per session (``HeatmapResult.session_events``)."""
     kinds = (DEFAULT_KINDS[POSITIONS], *(k for k in kinds if k.name != POSITIONS))
     grid_y = grid_size if grid_y is None else grid_y
     postgres = warehouse.dialect.name == "postgresql"
     with warehouse.connect() as conn:
-        if postgres:  # the stats and the binning read one snapshot
+        # the stats, the binning and the change log's mark read one snapshot
+        if postgres:
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         conn.begin()
+        if not postgres:  # the driver opens no transaction for reads: a deferred one, a WAL snapshot
+            conn.exec_driver_sql("BEGIN")
         stats = recorded_position_stats(conn, day, level)
         points = int(stats[0]) if stats else 0
         if fixed_bounds is not None:
@@ -365,10 +419,11 @@ def compute_heatmap(
         else:
             bounds, source = None, "auto"  # an empty day has no range of its own
         grid = KindsAccumulator(bounds or GridBounds(0, 1, 0, 1), grid_size, grid_y, [k.name for k in kinds])
-        sessions = [0] * len(kinds)
+        sessions, session_events = [0] * len(kinds), ({k.name: {} for k in kinds} if per_session else None)
         if points and bounds is not None:
             binner = _bin_postgresql if postgres else _bin_sqlite
-            sessions = binner(conn, day, level, grid, kinds)
+            sessions, session_events = binner(conn, day, level, grid, kinds, per_session)
+        changes = position_changes.current_mark(conn, day, level)
     matrices = grid.matrices()
     per_kind = {
         kind.name: KindHeatmap(kind.name, matrices[kind.name], grid.events[kind.name], n)
@@ -386,6 +441,9 @@ def compute_heatmap(
         out_of_bounds=positions.out_of_bounds,
         grid_y=grid_y,
         kinds=per_kind,
+        kind_order=kinds,
+        session_events=session_events,
+        changes=changes,
     )
 
 
@@ -462,6 +520,7 @@ def upsert_heatmap(
     result: HeatmapResult,
     now: dt.datetime,
     verify: Callable[[sa.Connection, Mapping], list[str]] | None = None,
+    also: Callable[[sa.Connection], None] | None = None,
 ) -> None:
     """Replace the (level, date) row of ``heatmaps`` (old readers see level/date/grid_size/matrix
     of the positions kind) and every ``heatmap_kinds`` row of the (level, date), in one transaction.
@@ -470,26 +529,38 @@ def upsert_heatmap(
     problems, read in this transaction before anything is written: with any, it raises
     :class:`InconsistentHeatmap` and the stored rows stay as they were. The kinds share the
     positions' bounds and grid, and each kind's events are a subset of the positions, so the
-    positions' check covers the binning they all went through."""
-    row = heatmap_row(result, now)
-    kinds = kind_rows(result, now)
+    positions' check covers the binning they all went through. ``also(conn)`` then writes what
+    belongs with the rows in the same transaction (warehouse/heatmap_increments.py)."""
     with warehouse.begin() as conn:
         lock_partition(conn, "heatmaps", result.level, result.date)
-        problems = verify(conn, row) if verify is not None else []
-        problems += kinds_within_positions(result)
+        problems = heatmap_problems(conn, result, now, verify)
         if problems:
             raise InconsistentHeatmap(
                 f"heatmap of level {result.level} on {result.date} not written, it fails its consistency rule: "
                 + "; ".join(problems) + ". The stored row is unchanged."
             )
-        conn.execute(heatmaps.delete().where(heatmaps.c.level == result.level, heatmaps.c.date == result.date))
-        conn.execute(heatmaps.insert(), [row])
-        # every kind of the (level, date) is replaced: a kind dropped from the configuration goes too
-        conn.execute(
-            heatmap_kinds.delete().where(heatmap_kinds.c.level == result.level, heatmap_kinds.c.date == result.date)
-        )
-        if kinds:
-            conn.execute(heatmap_kinds.insert(), kinds)
+        replace_heatmap_rows(conn, result, now)
+        if also is not None:
+            also(conn)
+
+
+def heatmap_problems(
+    conn: sa.Connection, result: HeatmapResult, now: dt.datetime, verify: Callable[[sa.Connection, Mapping], list[str]] | None
+) -> list[str]:
+    """What is wrong with ``result`` by ``verify`` (the old row) and the kinds' own rule, read on ``conn``."""
+    problems = verify(conn, heatmap_row(result, now)) if verify is not None else []
+    return problems + kinds_within_positions(result)
+
+
+def replace_heatmap_rows(conn: sa.Connection, result: HeatmapResult, now: dt.datetime) -> None:
+    """Write the (level, date) row of ``heatmaps`` and its ``heatmap_kinds`` rows over the stored ones."""
+    conn.execute(heatmaps.delete().where(heatmaps.c.level == result.level, heatmaps.c.date == result.date))
+    conn.execute(heatmaps.insert(), [heatmap_row(result, now)])
+    # every kind of the (level, date) is replaced: a kind dropped from the configuration goes too
+    conn.execute(heatmap_kinds.delete().where(heatmap_kinds.c.level == result.level, heatmap_kinds.c.date == result.date))
+    kinds = kind_rows(result, now)
+    if kinds:
+        conn.execute(heatmap_kinds.insert(), kinds)
 
 
 def read_heatmap(warehouse: sa.Engine, level: str, day: dt.date) -> dict | None:

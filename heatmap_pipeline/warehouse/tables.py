@@ -263,3 +263,62 @@ session_stats_pending = sa.Table(
     sa.Column("level", sa.String(64)),
     sa.Index("ix_session_stats_pending_date", "event_date"),
 )
+
+# --- Incremental heatmaps (warehouse/position_changes.py, warehouse/heatmap_increments.py) ------
+# The day's position rows (level, x and y present) an incremental ETL tick added (+1) or removed
+# (-1), written in the tick's transaction; ``seq`` grows with every row (AUTOINCREMENT on SQLite:
+# a pruned number is never reused). A full load of the day deletes the day's rows and moves its
+# generation on. A heatmap with fixed bounds folds in the rows after the ``seq`` it applied last.
+position_changes = sa.Table(
+    "position_changes",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("event_date", sa.Date, nullable=False),
+    sa.Column("level", sa.String(64), nullable=False),
+    sa.Column("change", sa.SmallInteger, nullable=False, comment="+1 the tick added the row, -1 it removed it"),
+    # the game_events columns a heatmap bins and sorts into kinds (HEATMAP_READ_COLUMNS, payload filters)
+    sa.Column("x", sa.Float, nullable=False),
+    sa.Column("y", sa.Float, nullable=False),
+    sa.Column("event_type", sa.String(64)),
+    sa.Column("event_name", sa.String(128)),
+    sa.Column("session_id", sa.String(128)),
+    sa.Column("payload", sa.Text),
+    sa.Index("ix_position_changes_day_level_seq", "event_date", "level", "seq"),
+    sqlite_autoincrement=True,
+)
+
+# Per day: which full load its position_changes follow. Moved on (in the load's transaction) by
+# every full load of the day; a day without a row is generation 0.
+position_change_generations = sa.Table(
+    "position_change_generations",
+    metadata,
+    sa.Column("event_date", sa.Date, primary_key=True),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+)
+
+# Per (level, date): what its stored heatmap_kinds rows were computed from, written with them. A
+# later run applies only newer position_changes when the day's generation and the configuration
+# (grid, fixed bounds, kinds: ``fingerprint``) are still these.
+heatmap_increments = sa.Table(
+    "heatmap_increments",
+    metadata,
+    sa.Column("level", sa.String(64), primary_key=True),
+    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("generation", sa.BigInteger, nullable=False, comment="position_change_generations of the day"),
+    sa.Column("applied_seq", sa.BigInteger, nullable=False, comment="newest position_changes.seq folded in (0: none)"),
+    sa.Column("fingerprint", sa.String(64), nullable=False, comment="grid, fixed bounds and kinds the rows were binned with"),
+    sa.Column("updated_at", sa.DateTime(timezone=False), nullable=False),
+)
+
+# Per (level, date, kind, session): the kind's position events of the session (in bounds or not),
+# kept for fixed-bounds levels only, so an incremental run keeps heatmap_kinds.sessions exact: a
+# session counts while its count is above zero. Sessions without id are not counted, as in full.
+heatmap_kind_sessions = sa.Table(
+    "heatmap_kind_sessions",
+    metadata,
+    sa.Column("level", sa.String(64), primary_key=True),
+    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("kind", sa.String(64), primary_key=True),
+    sa.Column("session_id", sa.String(128), primary_key=True),
+    sa.Column("events", sa.Integer, nullable=False),
+)

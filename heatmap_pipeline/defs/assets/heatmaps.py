@@ -27,7 +27,8 @@ from heatmap_pipeline.orchestration import (
 )
 from heatmap_pipeline.settings import Settings
 from heatmap_pipeline.warehouse import invariants
-from heatmap_pipeline.warehouse.heatmaps import InconsistentHeatmap, compute_heatmap, upsert_heatmap
+from heatmap_pipeline.warehouse.heatmap_increments import FULL, refresh_heatmap
+from heatmap_pipeline.warehouse.heatmaps import InconsistentHeatmap
 
 
 # Previews in the UI: the heatmap over the level's art with a title and a colour bar, drawn with
@@ -100,24 +101,28 @@ def build_level_heatmaps_asset(
         kinds = [settings.heatmap_kinds[name] for name in config.kinds]
         verify = invariants.heatmap_row_check(day, level, config.grid_x, config.bounds, config.grid_y)
 
-        def compute():
-            return compute_heatmap(
-                warehouse.engine(), day, level, config.grid_x, config.bounds, grid_y=config.grid_y, kinds=kinds
+        def refresh(full_reason: str = ""):  # incremental when it can be (warehouse/heatmap_increments.py)
+            return refresh_heatmap(
+                warehouse.engine(), day, level, config.grid_x, config.bounds, grid_y=config.grid_y, kinds=kinds,
+                now=utcnow(), verify=verify, full_reason=full_reason,
             )
 
-        result = compute()
         try:
-            upsert_heatmap(warehouse.engine(), result, utcnow(), verify)
+            refreshed = refresh()
         except InconsistentHeatmap as refused:
             # An ETL run may have replaced the day between computing and writing: compute once
             # more. Refused again, the heatmap is wrong, not stale: the run fails, nothing written.
             context.log.warning(f"{refused}; computing it once more")
-            result = compute()
-            upsert_heatmap(warehouse.engine(), result, utcnow(), verify)
+            refreshed = refresh(f"computed once more: {refused}")
+        result = refreshed.result
         summary = result.summary
         bounds = result.bounds.as_list() if result.bounds else None
+        how = (
+            f"full: {refreshed.reason}" if refreshed.mode == FULL
+            else f"incremental: {refreshed.changes_applied} position change(s) applied to the stored heatmap"
+        )
         context.log.info(
-            f"heatmap level={level} date={day}: sum={summary['sum']} max={summary['max']} "
+            f"heatmap level={level} date={day} ({how}): sum={summary['sum']} max={summary['max']} "
             f"out_of_bounds={result.out_of_bounds} bounds={bounds} ({result.bounds_source})"
         )
         previews = {}
@@ -142,6 +147,11 @@ def build_level_heatmaps_asset(
         return dg.MaterializeResult(
             metadata={
                 "sum": dg.MetadataValue.float(summary["sum"]),
+                "heatmap_mode": dg.MetadataValue.text(refreshed.mode),
+                **(
+                    {"full_reason": dg.MetadataValue.text(refreshed.reason)} if refreshed.mode == FULL
+                    else {"changes_applied": dg.MetadataValue.int(refreshed.changes_applied)}
+                ),
                 "max": dg.MetadataValue.float(summary["max"]),
                 "nonempty_cells": dg.MetadataValue.int(summary["nonempty_cells"]),
                 "position_events": dg.MetadataValue.int(result.points),

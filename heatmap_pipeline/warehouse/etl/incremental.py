@@ -47,6 +47,7 @@ from heatmap_pipeline.warehouse.etl import pg_partitions, sql_path
 from heatmap_pipeline.warehouse.etl.sql_path import source_id_is_unique
 from heatmap_pipeline.warehouse.etl.writing import EtlResult, bulk_insert, insert_cleaned, quarantine_by_reason
 from heatmap_pipeline.warehouse.locks import lock_partition
+from heatmap_pipeline.warehouse.position_changes import CHANGE_COLUMNS, change_rows
 from heatmap_pipeline.warehouse.sessions import PENDING_COLUMNS, mark_day_for_rebuild, pending_rows, session_key
 from heatmap_pipeline.warehouse.source import (
     EXTRACTED_COLUMNS,
@@ -58,6 +59,7 @@ from heatmap_pipeline.warehouse.source import (
 from heatmap_pipeline.warehouse.tables import (
     etl_watermarks,
     game_events,
+    position_changes,
     position_stats,
     quarantined_events,
     session_stats_pending,
@@ -610,6 +612,8 @@ def load_increment(
         removed_ids = {row["event_id"] for row in removed}
         added = [row for key, row in after.items() if key not in before or key in removed_ids]
         _update_position_stats(write, day, removed, added)
+        # for incremental heatmaps (warehouse/heatmap_increments.py); COPY: 9k rows 0.1 s, executemany 0.6 s
+        bulk_insert(write, position_changes, change_rows(day, removed, added), CHANGE_COLUMNS)
         pending = pending_rows(day, added, {session_key(row["session_id"]) for row in removed})
         bulk_insert(write, session_stats_pending, pending, PENDING_COLUMNS)
 

@@ -22,6 +22,7 @@ from heatmap_pipeline.core.cleaning import EventCleaner
 from heatmap_pipeline.warehouse.db import SQLITE_CACHE_KIB
 from heatmap_pipeline.warehouse.etl import pg_partitions
 from heatmap_pipeline.warehouse.locks import lock_partition
+from heatmap_pipeline.warehouse.position_changes import reset_day
 from heatmap_pipeline.warehouse.tables import game_events, position_stats, quarantined_events
 
 
@@ -67,13 +68,15 @@ def load_page_cache(conn: sa.Connection) -> Iterator[None]:
         conn.exec_driver_sql(f"PRAGMA cache_size={-SQLITE_CACHE_KIB}")
 
 def begin_day(conn: sa.Connection, day: dt.date) -> sa.TableClause:
-    """Take the day's write lock, empty its quarantine, and return the table its clean rows go to.
+    """Take the day's write lock, empty its quarantine and its position change log, and return
+    the table its clean rows go to.
 
     PostgreSQL: a fresh table, swapped in by :func:`finish_day`. SQLite: ``game_events`` itself,
     emptied of the day.
     """
     lock_partition(conn, "game_events", day)
     conn.execute(quarantined_events.delete().where(quarantined_events.c.partition_date == day))
+    reset_day(conn, day)  # heatmaps of the day binned before this load are recomputed in full
     if conn.dialect.name == "postgresql":
         return pg_partitions.create_stage(conn, day)
     conn.execute(game_events.delete().where(game_events.c.event_date == day))
