@@ -110,9 +110,10 @@ def _one_of(dialect: str, column: sa.ColumnElement, values: Sequence) -> sa.Colu
     json_each(:json))``. (PostgreSQL's ``= ANY(:array)`` of a tick's 10,000 ids scanned the whole
     day's partition; the semi-join probes its primary key once per id.)"""
     if dialect == "postgresql":
+        if isinstance(column.type, sa.String):  # one JSON text: the driver checks each string of an array for quoting
+            text = sa.cast(sa.bindparam(None, json.dumps(list(values)), type_=sa.Text), postgresql.JSON)
+            return column.in_(sa.select(sa.func.json_array_elements_text(text)))
         array = sa.bindparam(None, list(values))  # the source's ids as the driver adapts them (uuid[], bigint[])
-        if isinstance(column.type, sa.String):
-            array = sa.cast(sa.bindparam(None, list(values), type_=postgresql.ARRAY(sa.String)), postgresql.ARRAY(sa.String))
         return column.in_(sa.select(sa.func.unnest(array)))
     ids = json.dumps([v if isinstance(v, (int, str)) else str(v) for v in values])
     return column.in_(sa.select(sa.column("value")).select_from(sa.func.json_each(sa.literal(ids))))
