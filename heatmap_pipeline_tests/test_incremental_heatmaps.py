@@ -128,9 +128,15 @@ def test_incremental_heatmaps_after_ticks_equal_one_full_computation(dialect, pa
         assert all(by_kind[(level, "deaths")]["sessions"] > 0 for level in LEVELS)
 
 
-def test_a_full_load_of_the_day_makes_the_next_heatmap_full(sqlite_url):
-    """A full load starts a new generation: changes before it do not apply to what it loaded."""
-    source = _new_source(sqlite_url)
+@pytest.mark.parametrize("dialect", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_full_load_of_the_day_makes_the_next_heatmap_full(dialect, tmp_path):
+    """A full load (each path: SQL, and PostgreSQL's parallel fill) starts a new generation:
+    changes before it do not apply to what it loaded."""
+    with _databases(dialect, tmp_path, 1) as (url,):
+        full_load_after_ticks(_new_source(url))
+
+
+def full_load_after_ticks(source: sa.Engine) -> None:
     ensure_warehouse_schema(source)
     _insert(source, [event(at(9), {"x": 1, "y": 1, "level": 1}, created_at=at(9))])
     _load(source, source, tick=True)

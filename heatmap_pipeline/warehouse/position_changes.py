@@ -5,7 +5,7 @@ which it removed; it writes their positions (level, x and y present: :func:`chan
 ``position_changes`` in its own transaction, +1 or -1, each with a larger ``seq``. Ticks of
 a day hold the day's lock while they write, so on a day the order of ``seq`` is the order of commits.
 
-A full load of the day (``etl/writing.begin_day``) deletes the day's log and moves the day's
+A full load of the day (``etl/writing.record_position_stats``, which every full load calls) deletes the day's log and moves the day's
 generation on (:func:`reset_day`), in the load's transaction: a heatmap computed from an earlier
 generation is recomputed in full. A heatmap run removes the rows it folded in (:func:`prune`).
 No Dagster here.

@@ -68,22 +68,23 @@ def load_page_cache(conn: sa.Connection) -> Iterator[None]:
         conn.exec_driver_sql(f"PRAGMA cache_size={-SQLITE_CACHE_KIB}")
 
 def begin_day(conn: sa.Connection, day: dt.date) -> sa.TableClause:
-    """Take the day's write lock, empty its quarantine and its position change log, and return
-    the table its clean rows go to.
+    """Take the day's write lock, empty its quarantine, and return the table its clean rows go to.
 
     PostgreSQL: a fresh table, swapped in by :func:`finish_day`. SQLite: ``game_events`` itself,
     emptied of the day.
     """
     lock_partition(conn, "game_events", day)
     conn.execute(quarantined_events.delete().where(quarantined_events.c.partition_date == day))
-    reset_day(conn, day)  # heatmaps of the day binned before this load are recomputed in full
     if conn.dialect.name == "postgresql":
         return pg_partitions.create_stage(conn, day)
     conn.execute(game_events.delete().where(game_events.c.event_date == day))
     return game_events
 
 def record_position_stats(conn: sa.Connection, day: dt.date, ranges: PositionRanges) -> None:
-    """Per level: the day's position count and x/y range, for the heatmaps' automatic bounds."""
+    """Per level: the day's position count and x/y range, for the heatmaps' automatic bounds.
+    Every full load of the day calls this in its transaction, so it also empties the day's
+    position change log: heatmaps of the day binned before this load are recomputed in full."""
+    reset_day(conn, day)
     conn.execute(position_stats.delete().where(position_stats.c.event_date == day))
     rows = [
         {"event_date": day, "level": level, **vars(summary)} for level, summary in sorted(ranges.by_level.items())
