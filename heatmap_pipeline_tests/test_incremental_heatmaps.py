@@ -224,3 +224,27 @@ def test_the_asset_adds_a_tick_to_a_fixed_bounds_heatmap_and_says_so(dialect, tm
         assert (second["1"]["position_events"].value, second["1"]["out_of_bounds"].value) == (6, 1)
         assert second["1"]["kinds"].value["deaths"] == {**second["1"]["kinds"].value["deaths"], "events": 1, "sessions": 1}
         assert second["2"]["heatmap_mode"].value == "full" and second["2"]["full_reason"].value == AUTO_BOUNDS
+
+
+def test_a_full_computation_overtaken_by_a_newer_heatmap_is_not_written(sqlite_url):
+    """Its rows would hold fewer changes than the stored ones while the log no longer has the
+    changes in between (pruned by the newer run): refused, the newer rows stay."""
+    from heatmap_pipeline.warehouse.heatmap_increments import record_full
+    from heatmap_pipeline.warehouse.heatmaps import InconsistentHeatmap, compute_heatmap, upsert_heatmap
+
+    source = _new_source(sqlite_url)
+    ensure_warehouse_schema(source)
+    _insert(source, [event(at(9), {"x": 1, "y": 1, "level": 1}, created_at=at(9))])
+    _load(source, source, tick=True)
+    bounds = FIXED["1"]
+    refresh_heatmap(source, DAY, "1", GRID_X, bounds, grid_y=GRID_Y, kinds=KINDS, now=NOW)
+    _insert(source, [event(at(10), {"x": 2, "y": 2, "level": 1}, created_at=at(10))])
+    _load(source, source, tick=True)
+    slow = compute_heatmap(source, DAY, "1", GRID_X, bounds, grid_y=GRID_Y, kinds=KINDS, per_session=True)
+    _insert(source, [event(at(11), {"x": 3, "y": 3, "level": 1}, created_at=at(11))])
+    _load(source, source, tick=True)
+    assert refresh_heatmap(source, DAY, "1", GRID_X, bounds, grid_y=GRID_Y, kinds=KINDS, now=NOW).mode == INCREMENTAL
+    with pytest.raises(InconsistentHeatmap, match="a newer heatmap of level 1"):
+        upsert_heatmap(source, slow, NOW, also=lambda conn: record_full(conn, slow, True, NOW))
+    with source.connect() as conn:
+        assert conn.execute(sa.select(heatmaps.c.total).where(heatmaps.c.level == "1")).scalar_one() == 3
