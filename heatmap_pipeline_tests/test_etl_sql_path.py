@@ -486,3 +486,24 @@ def test_a_failed_load_drops_its_tables_and_the_next_load_drops_a_killed_one_s(p
     load_partition(engine, engine, DAY, RULES, NOW)
     [new_partition] = day_tables()
     assert new_partition not in (partition, killed.name) and snapshot(postgres_url) == before
+
+
+@pytest.mark.parametrize("table_kind", ["rowid", "without rowid"])
+def test_sqlite_reads_the_residue_back_by_rowid_or_by_key_and_stores_what_python_does(sqlite_url, table_kind):
+    """SQLite notes the rowid of each row its insert leaves out and reads those back; a WITHOUT
+    ROWID source has none, and its residue is found by key instead. Both equal the Python path."""
+    engine = get_engine(sqlite_url)
+    suffix = " WITHOUT ROWID" if table_kind == "without rowid" else ""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE events (id INTEGER PRIMARY KEY NOT NULL, user_id varchar(128), session_id varchar(128), "
+                "event_type varchar(64), event_name varchar(128), event_category varchar(64), payload TEXT, "
+                f'"timestamp" TEXT, created_at TEXT){suffix}'
+            )
+        )
+    insert_storable(sqlite_url, [r for r in source_day(with_duplicates=False, sqlite=True) if r["id"] is not None])
+    with engine.connect() as conn:
+        assert sql_path._sqlite_has_rowid(conn) == (table_kind == "rowid")
+    sql, _python, _tables = load_both_ways(sqlite_url)
+    assert 0 < sql.residue < sql.extracted and sql.quarantined > 0

@@ -129,14 +129,15 @@ def _clean_values(*, day: str, ts: str, created_at: str, default_level: str, pay
     return values
 
 
-def _insert_clean_rows(target: str, values: dict[str, str], *, in_key_order: bool = False) -> str:
+def _insert_clean_rows(target: str, values: dict[str, str], *, in_key_order: bool = False, where: str = "fast") -> str:
     """Both dialects' ``INSERT INTO target (every game_events column) SELECT ... FROM classified
-    WHERE fast``, each value from :func:`_clean_values`."""
+    WHERE fast`` (or the condition ``where``, true exactly for the fast rows), each value from
+    :func:`_clean_values`."""
     columns = [c.name for c in game_events.columns]
     quoted = ", ".join(f'"{c}"' for c in columns)
     selected = ",\n               ".join(values[c] for c in columns)
     order = f"\n        ORDER BY {values['event_id']}" if in_key_order else ""
-    return f'INSERT INTO "{target}" ({quoted})\n        SELECT {selected}\n        FROM classified WHERE fast{order}'
+    return f'INSERT INTO "{target}" ({quoted})\n        SELECT {selected}\n        FROM classified WHERE {where}{order}'
 
 
 class UnsupportedSource(Exception):
@@ -554,7 +555,9 @@ def _sqlite_number(path: str) -> tuple[str, str]:
 _SQLITE_TYPED_PATHS = ", ".join(f"'$.{key}'" for key in TYPED_PAYLOAD_KEYS)
 
 
-def _sqlite_select(id_unique: bool, day: dt.date, start: dt.date | None) -> str:
+def _sqlite_select(id_unique: bool, day: dt.date, start: dt.date | None, rowid: bool = False) -> str:
+    """The day's rows of ``events AS e`` classified (a WITH clause ending in ``classified``);
+    ``rowid``: each with its source ``rowid`` as ``src_rowid``."""
     ts_ok, ts_norm = _sqlite_ts("timestamp", same_day=True)
     created_ok, created_norm = _sqlite_ts("created_at", same_day=False)
     n_id = "1" if id_unique else "count(*) OVER (PARTITION BY CAST(e.id AS TEXT))"
@@ -577,7 +580,7 @@ def _sqlite_select(id_unique: bool, day: dt.date, start: dt.date | None) -> str:
     textish = " AND ".join(f"typeof(e.{c}) IN ('text', 'integer', 'null')" for c in _TEXT_COLUMNS)
     return f"""
     WITH src AS (
-        SELECT {_extracted_columns("e")},
+        SELECT {_extracted_columns("e")},{" e.rowid AS src_rowid," if rowid else ""}
                {n_id} AS n_id,
                CASE WHEN e.id IS NOT NULL AND typeof(e.id) IN ('integer', 'text') AND {textish}
                      AND {ts_ok} AND {ts_norm} <= :cutoff_text
@@ -638,28 +641,68 @@ def _sqlite_fast_insert(
         position_types=json.dumps(params["position_types"]),
         levels=json.dumps(params["levels"]),
     )
-    with_clause = _sqlite_select(_sqlite_id_is_unique(conn), day, rules.partition_start)
     # SQLite keeps only payloads with nothing left beside the typed members (stored NULL): it has
     # no JSON rendering that matches the stored form of the rest (core.cleaning.slim_payload_text).
     # In primary key order: SQLite keeps game_events' key index up to date row by row, and random
     # (uuid) ids scattered its pages (1M events: 44.7 s, 31.7 s CPU unordered; 34.5 s, 27.4 s CPU).
     values = _clean_values(day=":day", ts="ts_norm", created_at="created_norm", default_level=":default_level", payload="NULL")
-    insert_clean = _insert_clean_rows(game_events.name, values, in_key_order=True)
-    conn.execute(sa.text(f"{with_clause}\n    {insert_clean}"), params)
+    by_rowid = _sqlite_has_rowid(conn)
+    with_clause = _sqlite_select(_sqlite_id_is_unique(conn), day, rules.partition_start, rowid=by_rowid)
+    if not by_rowid:
+        conn.execute(sa.text(f"{with_clause}\n    {_insert_clean_rows(game_events.name, values, in_key_order=True)}"), params)
+        inserted = _summarize_inserted(conn, game_events.name, day, ranges)
+        # The residue is every row of the day whose id did not just land in the (emptied) partition:
+        # a fast row's id is unique that day, so no other row shares it. This reads the day again
+        # through the primary key (1M random probes: ~10 s at 1M events) instead of classifying
+        # every row a second time.
+        residue = sa.text(
+            f"""
+            SELECT {_extracted_columns("e")} FROM events e
+            WHERE {day_filter_text("sqlite", day, "e", rules.partition_start)}
+              AND (e.id IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM game_events g WHERE g.event_date = :day AND g.event_id = CAST(e.id AS TEXT)))
+            ORDER BY e.id, e.created_at
+            """
+        )
+        return int(inserted), residue, {"day": params["day"]}
+    # The insert's own pass notes the rowid of every row it leaves out (the condition is evaluated
+    # once per classified row, and the function only for rows that are not fast), so the residue
+    # is read back by rowid: no second pass over the day, no probe of game_events per source row.
+    residue_rowids: list[int] = []
+
+    def note_residue(rowid: int) -> int:
+        residue_rowids.append(rowid)
+        return 0
+
+    dbapi = conn.connection.dbapi_connection
+    dbapi.create_function(_NOTE_RESIDUE, 1, note_residue)  # not deterministic: SQLite calls it per row
+    try:
+        insert_clean = _insert_clean_rows(
+            game_events.name, values, in_key_order=True, where=f"fast OR {_NOTE_RESIDUE}(src_rowid)"
+        )
+        conn.execute(sa.text(f"{with_clause}\n    {insert_clean}"), params)
+    finally:
+        dbapi.create_function(_NOTE_RESIDUE, 1, None)
     inserted = _summarize_inserted(conn, game_events.name, day, ranges)
-    # The residue is every row of the day whose id did not just land in the (emptied) partition:
-    # a fast row's id is unique that day, so no other row shares it. This reads the day again
-    # through the primary key instead of classifying every row a second time.
     residue = sa.text(
         f"""
         SELECT {_extracted_columns("e")} FROM events e
-        WHERE {day_filter_text("sqlite", day, "e", rules.partition_start)}
-          AND (e.id IS NULL OR NOT EXISTS (
-              SELECT 1 FROM game_events g WHERE g.event_date = :day AND g.event_id = CAST(e.id AS TEXT)))
+        WHERE e.rowid IN (SELECT value FROM json_each(:rowids))
         ORDER BY e.id, e.created_at
         """
     )
-    return int(inserted), residue, {"day": params["day"]}
+    return int(inserted), residue, {"rowids": json.dumps(sorted(set(residue_rowids)))}
+
+
+_NOTE_RESIDUE = "etl_note_residue"
+
+
+def _sqlite_has_rowid(conn: sa.Connection) -> bool:
+    """``events`` is a rowid table (not WITHOUT ROWID, not a view)."""
+    sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'").scalar()
+    return sql is not None and "WITHOUT ROWID" not in " ".join(sql.upper().split())
+
+
 
 
 # ----------------------------------------------------------------------------- shared ----
