@@ -104,6 +104,10 @@ def test_day_counts_that_disagree_with_the_ticks_increments_fail_rows_reconciled
         conn.execute(etl_watermarks.update().values({column: getattr(etl_watermarks.c, column) + 1}))
     result = _checks(ticked)["rows_reconciled"]
     assert not result.passed and "but the tick recorded" in result.description
+    # the day's last tick (after midnight) recounts the day and compares the counts the ticks kept
+    over = _checks(ticked, today=DAY + dt.timedelta(days=1))["rows_reconciled"]
+    assert not over.passed and over.metadata["form"].startswith("full")
+    assert "the ticks' counts in etl_watermarks" in over.description
 
 
 def test_session_counts_that_disagree_with_the_recorded_clean_rows_fail_event_counts_reconciled(ticked):

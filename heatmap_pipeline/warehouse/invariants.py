@@ -572,11 +572,27 @@ def game_events_reconciled_after_last_load(
     start: dt.date | None = None,
     today: dt.date | None = None,
 ) -> Invariant:
-    """``rows_reconciled``: the tick form after a tick of a day not over yet, else the full recount."""
+    """``rows_reconciled``: the tick form after a tick of a day not over yet, else the full recount;
+    when the day's last load was a tick, the recount also compares the day's counts the ticks kept in
+    etl_watermarks (the tick form's reference) with the tables."""
     mark = last_tick(warehouse, day, _today(today))
-    if mark is None:
-        return game_events_reconciled(source, warehouse, day, extraction_started, start)
-    return game_events_tick_reconciled(source, warehouse, day, mark, extraction_started, start)
+    if mark is not None:
+        return game_events_tick_reconciled(source, warehouse, day, mark, extraction_started, start)
+    result = game_events_reconciled(source, warehouse, day, extraction_started, start)
+    with warehouse.connect() as conn:
+        kept = read_watermark(conn, day)
+    if kept is None or kept.load_mode != "incremental":
+        return result
+    clean, quarantined = result.metadata["clean"], result.metadata["quarantined"]
+    result.metadata["counts_kept_by_ticks"] = {"clean": kept.clean_rows, "quarantined": kept.quarantined_rows}
+    if (kept.clean_rows, kept.quarantined_rows) != (clean, quarantined):
+        return Invariant(
+            False,
+            f"{day}: the ticks' counts in etl_watermarks ({kept.clean_rows} clean + {kept.quarantined_rows} "
+            f"quarantined) differ from the tables ({clean} + {quarantined}); " + result.description,
+            result.metadata,
+        )
+    return result
 
 
 def game_events_unique_ids_after_last_load(warehouse: sa.Engine, day: dt.date, today: dt.date | None = None) -> Invariant:
