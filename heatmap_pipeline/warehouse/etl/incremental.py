@@ -15,8 +15,10 @@ NULL or before PARTITION_START_DATE), the cleaning settings and the day's row co
    ``events.id`` only rows a load can have read are looked up: not those that arrived after the
    watermark up to the last tick's clock (``created_at_read_until``), and not those the last tick
    loaded itself (``window_ids``), which are left as they are;
-3. runs them through the same cleaner as the full load (``core/cleaning.py``) and replaces what the
-   day held for those ids;
+3. judges them as the full load does and replaces what the day held for those ids: on PostgreSQL
+   with ``events`` in the warehouse database the full load's own SQL classification restricted to
+   those ids (``sql_path.py``; the residue through the Python cleaner), otherwise the Python cleaner
+   (``core/cleaning.py``);
 4. updates ``position_stats`` by the difference, records the added rows and the sessions that lost
    one in ``session_stats_pending`` (``warehouse/sessions.py`` folds them in), and moves the
    watermark - all in one transaction under the day's lock.
@@ -487,9 +489,8 @@ def _judge_in_sql(
     an id) as a full load does on this database: the full load's own statement
     (``sql_path._pg_statement``, restricted to those rows) inserts the certainly clean ones into
     ``game_events``, and the residue goes through the Python cleaner. Per row that is a fraction of
-    the Python cleaner's cost (about 45 us a row). Returns the ids' clean rows (SQL's as stored, the residue's as
-    the cleaner made them), the
-    quarantined rows, and the source rows judged."""
+    the Python cleaner's cost (about 45 us a row). Returns the ids' clean rows (SQL's as stored, the
+    residue's as the cleaner made them), the quarantined rows, and the source rows judged."""
     if not ids and not null_ids:
         return [], [], 0
     write.execute(
@@ -499,15 +500,17 @@ def _judge_in_sql(
         )
     )
     # The certainly clean rows go to a scratch table first, then into game_events with RETURNING:
-    # the tick needs them back (position_stats, session_stats_pending), and reading them back from
-    # game_events cost 10,000 primary key probes. In key order: neighbouring keys share index pages.
+    # the tick needs them back (position_stats, session_stats_pending, position_changes), and reading
+    # them back from game_events cost 10,000 primary key probes. In key order: neighbouring keys share
+    # index pages.
     write.execute(sa.text("CREATE TEMP TABLE etl_tick_clean ON COMMIT DROP AS SELECT * FROM game_events WITH NO DATA"))
-    rows = f"e.id IN (SELECT CAST(unnest(CAST(:tick_ids AS text[])) AS {types['id']}))" + (" OR e.id IS NULL" if null_ids else "")
+    # the ids as one JSON text (as _one_of passes text), each cast to the source's id type: a semi-join
+    # on events' key
+    rows = f"e.id IN (SELECT CAST(json_array_elements_text(CAST(:tick_ids AS json)) AS {types['id']}))"
+    if null_ids:
+        rows += " OR e.id IS NULL"
     statement = sql_path._pg_statement(types, id_unique, "etl_tick_clean", day, rules.partition_start, rows)
-    write.execute(
-        sa.text(statement).bindparams(sa.bindparam("tick_ids", type_=postgresql.ARRAY(sa.Text))),
-        {**sql_path._params(day, rules, "postgresql"), "tick_ids": ids},
-    )
+    write.execute(sa.text(statement), {**sql_path._params(day, rules, "postgresql"), "tick_ids": json.dumps(ids)})
     columns = ", ".join(f'"{c}"' for c in _COLUMNS)
     inserted = write.execute(
         sa.text(
