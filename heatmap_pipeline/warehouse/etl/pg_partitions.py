@@ -199,9 +199,9 @@ def drop_tables(conn: sa.Connection, names: list[str]) -> None:
 
 
 def on_connections(jobs: list[Callable[[], T]]) -> list[T]:
-    """Run the jobs at once, each in a thread (each opens its own connection: the driver waits for
-    the server without holding the GIL); their results in order. Every job runs to its end; the
-    first failure is raised after that."""
+    """Run the jobs at once, each in a thread on a connection no other job uses (the driver waits
+    for the server without holding the GIL); their results in order. Every job runs to its end;
+    the first failure is raised after that."""
     if len(jobs) == 1:
         return [jobs[0]()]
     with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
@@ -210,11 +210,12 @@ def on_connections(jobs: list[Callable[[], T]]) -> list[T]:
     return [future.result() for future in futures]
 
 
-def build_indexes_at_once(engine: sa.Engine, name: str) -> None:
-    """The parent's indexes on the committed, filled table ``name``, each built by a connection of
-    its own at the same time (a build is one sort, one core); the primary key as a unique index
-    that :func:`adopt_primary_key` turns into the constraint ATTACH looks for. Run before the
-    load's transaction writes into the table: a build waits for every writer of the table."""
+def index_builds(engine: sa.Engine, name: str) -> list[Callable[[], None]]:
+    """The parent's indexes on the committed, filled table ``name``, as jobs for
+    :func:`on_connections`: each builds one index on a connection of its own (a build is one
+    sort, one core), the primary key as a unique index that :func:`adopt_primary_key` turns into
+    the constraint ATTACH looks for. Run them before the load's transaction writes into the
+    table: a build waits for every writer of the table."""
     pk, others = _index_statements(name)
     statements = [f"CREATE UNIQUE INDEX {quote_ident(name + '_pkey')} ON {quote_ident(name)} ({pk})", *others]
 
@@ -229,11 +230,11 @@ def build_indexes_at_once(engine: sa.Engine, name: str) -> None:
 
         return run
 
-    on_connections([build(statement) for statement in statements])
+    return [build(statement) for statement in statements]
 
 
 def adopt_primary_key(conn: sa.Connection, name: str) -> None:
-    """The unique index :func:`build_indexes_at_once` built becomes the table's primary key (no scan)."""
+    """The unique index :func:`index_builds` built becomes the table's primary key (no scan)."""
     index = quote_ident(name + "_pkey")
     conn.execute(sa.text(f"ALTER TABLE {quote_ident(name)} ADD CONSTRAINT {index} PRIMARY KEY USING INDEX {index}"))
 

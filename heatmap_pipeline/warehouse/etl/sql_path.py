@@ -513,7 +513,11 @@ def _pg_load(
                     )
                 )
             _pg_fill(engine, types, id_unique, stage.name, residue, day, params, rules.partition_start)
-            levels, rest = _pg_summary(conn, stage.name, residue, params)
+            # The indexes are built before this transaction writes into the table (a build waits for
+            # its writers); meanwhile this connection reads the summary (a read: no wait).
+            *_, (levels, rest) = pg_partitions.on_connections(
+                [*pg_partitions.index_builds(engine, stage.name), lambda: _pg_summary(conn, stage.name, residue, params)]
+            )
             ranges = PositionRanges()
             fast, arrivals, without = 0, [rest[0]], rest[1]
             for level, inserted, positions, x_min, x_max, y_min, y_max, level_newest, level_without in levels:
@@ -523,8 +527,6 @@ def _pg_load(
                 arrivals.append(level_newest)
                 without += level_without
             newest = max((to_utc_naive(a, "created_at") for a in arrivals if a is not None), default=None)
-            # before this transaction writes into the table: an index build waits for its writers
-            pg_partitions.build_indexes_at_once(engine, stage.name)
             conn.execute(quarantined_events.delete().where(quarantined_events.c.partition_date == day))
             table = sa.table(residue, *(sa.column(c) for c in _RESIDUE_COLUMNS))
             # as the extraction selects them: a time Python cannot hold comes as text (source.extracted_columns)
