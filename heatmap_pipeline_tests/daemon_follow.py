@@ -18,11 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+import httpx
 
+from heatmap_pipeline.orchestration import TRIGGER_TAG
 from heatmap_pipeline_tests.admin_servers import free_port
 
 GAME_EVENTS, LEVEL_HEATMAPS = dg.AssetKey("game_events"), dg.AssetKey("level_heatmaps")
@@ -33,6 +36,7 @@ class Verdict:
     today: str
     etl_loads: int = 0
     heatmaps: int = 0
+    heatmaps_of_a_scheduled_load: int = 0  # computed from a load that an etl_schedule tick ran (not the demo's first fill)
     heatmaps_before_first_etl: list[str] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
 
@@ -74,6 +78,9 @@ def judge(instance: dg.DagsterInstance, today: str) -> Verdict:
             continue
         if newest_before_start and newest_before_start[-1].timestamp > upstream.timestamp:
             verdict.mismatches.append(f"{record.partition_key}: read an older load than the one before it started")
+        upstream_run = instance.get_run_by_id(upstream.run_id)
+        if upstream_run is not None and upstream_run.tags.get(TRIGGER_TAG) == "etl_schedule":
+            verdict.heatmaps_of_a_scheduled_load += 1
         loaded = upstream.asset_materialization.metadata["position_events_by_level"].value.get(level, 0)
         if meta["position_events"].value != loaded:
             verdict.mismatches.append(
@@ -83,7 +90,32 @@ def judge(instance: dg.DagsterInstance, today: str) -> Verdict:
     return verdict
 
 
-def run_dev(data_dir: Path, seconds: float, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=2)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def heatmaps_followed(dagster_home: Path, today: str) -> bool:
+    """Whether the judge has its evidence already: today's heatmaps computed from a load that a schedule tick
+    ran (a tick's heatmaps after that tick's ETL), and no heatmap run of today still queued or running (so
+    no tick's heatmaps are cut off when dev stops)."""
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        verdict = judge(instance, today)
+        unfinished = [
+            run for run in instance.get_runs(dg.RunsFilter(tags={"dagster/partition/date": today}))
+            if not run.is_finished
+        ]
+    return verdict.heatmaps_of_a_scheduled_load > 0 and not unfinished
+
+
+def run_dev(data_dir: Path, seconds: float, log_path: Path, extra_env: dict[str, str] | None = None,
+            until: Callable[[], bool] | None = None) -> None:
+    """`heatmap-pipeline dev` for ``seconds``, or until ``until()`` is true: asked every 2 seconds once the admin
+    API answers, as dev creates the instance's storage before it starts the admin API (opening an instance
+    while dev creates its storage would stamp the storage's schema version twice)."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "WAREHOUSE_DATABASE_URL"))},
         "ETL_INTERVAL_MINUTES": "1",
@@ -91,12 +123,18 @@ def run_dev(data_dir: Path, seconds: float, log_path: Path, extra_env: dict[str,
         "ADMIN_API_KEY": "daemon-follow-key",
         **(extra_env or {}),
     }
+    admin_port = free_port()
     command = [sys.executable, "-m", "heatmap_pipeline.runtime.cli", "dev", "--data-dir", str(data_dir),
-               "--port", str(free_port()), "--admin-port", str(free_port())]
+               "--port", str(free_port()), "--admin-port", str(admin_port)]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            time.sleep(seconds)
+            deadline, admin_up = time.monotonic() + seconds, False
+            while time.monotonic() < deadline and process.poll() is None:
+                admin_up = admin_up or _answers(f"http://127.0.0.1:{admin_port}/healthz")
+                if admin_up and until is not None and until():
+                    break
+                time.sleep(max(0.0, min(2.0, deadline - time.monotonic())))
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -107,11 +145,14 @@ def run_dev(data_dir: Path, seconds: float, log_path: Path, extra_env: dict[str,
                 process.wait()
 
 
-def follow(seconds: float, data_dir: Path | None = None, extra_env: dict[str, str] | None = None) -> Verdict:
+def follow(seconds: float, data_dir: Path | None = None, extra_env: dict[str, str] | None = None,
+           stop_once_followed: bool = False) -> Verdict:
+    """Run dev ``seconds`` (at most, with ``stop_once_followed``: until :func:`heatmaps_followed`) and judge."""
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="daemon_follow_"))
     data_dir.mkdir(parents=True, exist_ok=True)
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
-    run_dev(data_dir, seconds, data_dir / "dev.log", extra_env)
+    until = (lambda: heatmaps_followed(data_dir / "dagster_home", today)) if stop_once_followed else None
+    run_dev(data_dir, seconds, data_dir / "dev.log", extra_env, until)
     with dg.DagsterInstance.from_config(str(data_dir / "dagster_home")) as instance:
         return judge(instance, today)
 
