@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,8 +54,40 @@ def require_broker() -> None:
         pytest.skip(reason)
 
 
-def instance_env(instance_db_url: str) -> dict[str, str]:
-    """The DAGSTER_PG_* variables deploy/dagster.yaml reads, for a database URL."""
+@contextlib.contextmanager
+def own_broker_vhost():
+    """BROKER_URL on a RabbitMQ virtual host of its own, deleted afterwards.
+
+    A Celery worker takes every task on its virtual host's queue: two stacks on one vhost (two test runs
+    on this machine) would each run some of the other's runs, with its own DATABASE_URL. Made with
+    rabbitmqctl when the broker is this machine's and the URL names the default vhost; otherwise (another
+    broker, a vhost chosen in HEATMAP_TEST_BROKER_URL, no rabbitmqctl or no right to use it) BROKER_URL as it is."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(BROKER_URL)
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    if rabbitmqctl is None or parts.hostname not in ("127.0.0.1", "localhost") or parts.path not in ("", "/", "//"):
+        yield BROKER_URL
+        return
+
+    def ctl(*args: str) -> None:
+        subprocess.run([rabbitmqctl, "-q", *args], check=True, capture_output=True, timeout=60)
+
+    vhost = f"hp_test_{uuid.uuid4().hex[:12]}"
+    try:
+        ctl("add_vhost", vhost)
+    except (OSError, subprocess.SubprocessError):
+        yield BROKER_URL
+        return
+    try:
+        ctl("set_permissions", "-p", vhost, parts.username or "guest", ".*", ".*", ".*")
+        yield urlunsplit(parts._replace(path=f"/{vhost}"))
+    finally:
+        ctl("delete_vhost", vhost)
+
+
+def instance_env(instance_db_url: str, broker_url: str = BROKER_URL) -> dict[str, str]:
+    """The DAGSTER_PG_* variables deploy/dagster.yaml reads, for a database URL, and its broker's."""
     url = sa.engine.make_url(instance_db_url)
     return {
         "DAGSTER_PG_HOST": url.host or "127.0.0.1",
@@ -62,7 +95,7 @@ def instance_env(instance_db_url: str) -> dict[str, str]:
         "DAGSTER_PG_USERNAME": url.username or "postgres",
         "DAGSTER_PG_PASSWORD": url.password or "",
         "DAGSTER_PG_DB": url.database,
-        "DAGSTER_CELERY_BROKER_URL": BROKER_URL,
+        "DAGSTER_CELERY_BROKER_URL": broker_url,
     }
 
 
@@ -179,7 +212,11 @@ def production_stack(root: Path, source_rows: list[dict], extra_env: dict[str, s
 
     if celery:
         require_broker()
-    with postgres_database() as instance_db_url, postgres_database() as warehouse_url:
+    with (
+        postgres_database() as instance_db_url,
+        postgres_database() as warehouse_url,
+        own_broker_vhost() if celery else contextlib.nullcontext(BROKER_URL) as broker_url,
+    ):
         write_source_events(warehouse_url, source_rows)
         home, dagster_home, logs = root / "home", root / "dagster_home", root / "logs"
         for path in (home, dagster_home, logs):
@@ -204,7 +241,7 @@ def production_stack(root: Path, source_rows: list[dict], extra_env: dict[str, s
             "DB_RETRY_MAX_RETRIES": "3",
             "DB_RETRY_DELAY_SECONDS": "1",
             "ADMIN_SENSOR_INTERVAL_SECONDS": "2",
-            **instance_env(instance_db_url),
+            **instance_env(instance_db_url, broker_url),
             **(extra_env or {}),
         }
         stack = Stack(root, env, instance_db_url, warehouse_url, ui_port, admin_port)
