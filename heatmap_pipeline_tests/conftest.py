@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -48,10 +49,17 @@ def require_postgres() -> None:
         pytest.skip(reason)
 
 
+def pytest_xdist_auto_num_workers(config):
+    """Workers for ``-n auto`` (addopts): two for a run of the suite (or of part of it by -m or -k); none,
+    one process, when pytest is given test files or node ids, where a second worker only adds its start-up."""
+    targeted = any(Path(arg.split("::", 1)[0]).is_file() for arg in config.args)
+    return 0 if targeted else 2
+
+
 def pytest_collection_modifyitems(config, items):
     """Modules with a slow test run first, the others after them, each group in file order.
 
-    pytest-xdist (addopts: ``-n 2 --dist loadfile --no-loadscope-reorder``) hands out whole modules
+    pytest-xdist (addopts: ``-n auto --dist loadfile --no-loadscope-reorder``) hands out whole modules
     in this order: the long end-to-end modules start at once on both workers and the many short
     modules fill the gaps at the end, instead of one worker finishing a 2-minute test alone."""
     slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
