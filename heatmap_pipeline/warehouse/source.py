@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from heatmap_pipeline.core.cleaning import UNHOLDABLE_TIME_COLUMNS, Rejected, to_utc_naive
+from heatmap_pipeline.core.cleaning import UNHOLDABLE_TIME_COLUMNS, CleaningRules, Rejected, to_utc_naive
 from heatmap_pipeline.warehouse.db import text_sql
 from heatmap_pipeline.warehouse.tables import SOURCE_EVENT_COLUMNS
 
@@ -223,6 +223,22 @@ def created_at_value(dialect: str, moment: dt.datetime):
     if dialect == "sqlite":
         return sqlite_timestamp_text(moment)
     return moment.replace(tzinfo=dt.timezone.utc)
+
+
+def arrival_floor(dialect: str, rules: CleaningRules):
+    """created_at values below this (or NULL) are no arrival time: such rows never fall in an
+    incremental tick's window (PARTITION_START_DATE's midnight, in created_at's form)."""
+    start = rules.partition_start or dt.date(1, 1, 1)
+    moment = dt.datetime.combine(start, dt.time.min)
+    return start.isoformat() if dialect == "sqlite" else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def arrival_bounds(dialect: str, rules: CleaningRules, now: dt.datetime) -> dict:
+    """What a full load's watermark counts (``etl.incremental.before_full_load`` reads it), for a
+    load that reads it itself (the PostgreSQL SQL path), as parameters: the newest ``created_at``
+    in ``[arrival_floor, arrivals_until]``, and the rows whose ``created_at`` is NULL or before
+    ``arrival_floor``."""
+    return {"arrival_floor": arrival_floor(dialect, rules), "arrivals_until": created_at_value(dialect, now)}
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from heatmap_pipeline.warehouse.etl.writing import EtlResult, bulk_insert, inser
 from heatmap_pipeline.warehouse.locks import lock_partition
 from heatmap_pipeline.warehouse.position_changes import CHANGE_COLUMNS, change_rows
 from heatmap_pipeline.warehouse.sessions import PENDING_COLUMNS, mark_day_for_rebuild, pending_rows, session_key
+from heatmap_pipeline.warehouse.source import arrival_floor as _arrival_floor
 from heatmap_pipeline.warehouse.source import (
     EXTRACTED_COLUMNS,
     created_at_value,
@@ -119,13 +120,6 @@ def _one_of(dialect: str, column: sa.ColumnElement, values: Sequence) -> sa.Colu
         return column.in_(sa.select(sa.func.unnest(array)))
     ids = json.dumps([v if isinstance(v, (int, str)) else str(v) for v in values])
     return column.in_(sa.select(sa.column("value")).select_from(sa.func.json_each(sa.literal(ids))))
-
-
-def _arrival_floor(dialect: str, rules: CleaningRules):
-    """created_at values below this (or NULL) are no arrival time: such rows never fall in a window."""
-    start = rules.partition_start or dt.date(1, 1, 1)
-    moment = dt.datetime.combine(start, dt.time.min)
-    return start.isoformat() if dialect == "sqlite" else moment.replace(tzinfo=dt.timezone.utc)
 
 
 def _count_rows_without_arrival(read: sa.Connection, day: dt.date, rules: CleaningRules) -> int:
@@ -223,13 +217,6 @@ def before_full_load(
     with warehouse.begin() as write:
         mark_day_for_rebuild(write, day)
     return mark
-
-
-def arrival_bounds(dialect: str, rules: CleaningRules, now: dt.datetime) -> dict:
-    """What :func:`before_full_load` reads, for a load that reads it in its own statement (the
-    PostgreSQL SQL path), as parameters: the newest ``created_at`` in ``[arrival_floor,
-    arrivals_until]``, and the rows whose ``created_at`` is NULL or before ``arrival_floor``."""
-    return {"arrival_floor": _arrival_floor(dialect, rules), "arrivals_until": created_at_value(dialect, now)}
 
 
 def after_full_load(

@@ -62,6 +62,7 @@ from heatmap_pipeline.warehouse.source import (
     EXTRACTED_COLUMNS,
     HOLDABLE_FROM,
     HOLDABLE_UNTIL,
+    arrival_bounds,
     day_bounds,
     day_filter_text,
     extracted_columns,
@@ -438,7 +439,7 @@ def _pg_fill(
 def _pg_summary(conn: sa.Connection, stage: str, residue: str, params: dict) -> tuple[list[sa.Row], sa.Row]:
     """After the fill: per level of the stage table's rows (the fast rows, nothing else yet) their
     count and their positions' count and range, with the watermark's two figures among them; and
-    those two figures among the residue's rows (incremental.arrival_bounds). The stage holds the
+    those two figures among the residue's rows (source.arrival_bounds). The stage holds the
     source's created_at as naive UTC, the residue as the source has it."""
     position = "level IS NOT NULL AND x IS NOT NULL AND y IS NOT NULL"
     until = "(CAST(:arrivals_until AS timestamptz) AT TIME ZONE 'UTC')"
@@ -488,8 +489,6 @@ def _pg_load(
     Python cleaner into the table and the quarantine and the table is swapped in. On any failure
     the load's transaction rolls back and the two tables are dropped.
     """
-    from heatmap_pipeline.warehouse.etl.incremental import arrival_bounds  # (it imports this module)
-
     with engine.connect() as conn:
         enc = conn.execute(sa.text("SHOW server_encoding")).scalar()
         if enc != "UTF8":  # octet_length must count the bytes Python counts

@@ -41,7 +41,7 @@ class EtlResult:
     full_reason: str = ""  # a run that asked for an incremental load: why it loaded the day in full
     already_loaded: int = 0  # incremental: rows of the window the day already held as they are
     # A full load that read its watermark's figures itself, in its own snapshot (PostgreSQL SQL
-    # path; incremental.arrival_bounds): the newest created_at (naive UTC) and the rows with none.
+    # path; source.arrival_bounds): the newest created_at (naive UTC) and the rows with none.
     newest_arrival: dt.datetime | None = None
     rows_without_arrival: int | None = None
 
