@@ -248,3 +248,28 @@ def test_a_full_computation_overtaken_by_a_newer_heatmap_is_not_written(sqlite_u
         upsert_heatmap(source, slow, NOW, also=lambda conn: record_full(conn, slow, True, NOW))
     with source.connect() as conn:
         assert conn.execute(sa.select(heatmaps.c.total).where(heatmaps.c.level == "1")).scalar_one() == 3
+
+
+def test_per_session_counts_of_older_days_are_forgotten_and_their_next_heatmap_is_full(sqlite_url):
+    """Only the last days keep heatmap_kind_sessions (it would grow by a day's sessions a day)."""
+    source = _new_source(sqlite_url)
+    ensure_warehouse_schema(source)
+    old_day = DAY - dt.timedelta(days=3)
+    old_rows = [event(dt.datetime.combine(old_day, dt.time(9)), {"x": 1, "y": 1, "level": 1}, created_at=at(9))]
+    _insert(source, old_rows + [event(at(9), {"x": 1, "y": 1, "level": 1}, created_at=at(9))])
+    bounds = FIXED["1"]
+    for day in (old_day, DAY):
+        from heatmap_pipeline.warehouse.etl import load_partition
+        from heatmap_pipeline_tests.test_etl_sql_path import RULES
+
+        load_partition(source, source, day, RULES, NOW, 1000)
+    refresh_heatmap(source, old_day, "1", GRID_X, bounds, grid_y=GRID_Y, kinds=KINDS, now=NOW)
+    with source.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(heatmap_kind_sessions)).scalar_one() == 1
+    refresh_heatmap(source, DAY, "1", GRID_X, bounds, grid_y=GRID_Y, kinds=KINDS, now=NOW)
+    with source.connect() as conn:
+        kept = conn.execute(sa.select(heatmap_kind_sessions.c.date).distinct()).scalars().all()
+        marks = conn.execute(sa.select(heatmap_increments.c.date)).scalars().all()
+    assert kept == [DAY] and marks == [DAY]
+    done = refresh_heatmap(source, old_day, "1", GRID_X, bounds, grid_y=GRID_Y, kinds=KINDS, now=NOW)
+    assert (done.mode, done.reason) == (FULL, "no stored heatmap records which changes it holds")

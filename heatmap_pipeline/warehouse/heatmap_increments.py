@@ -300,16 +300,45 @@ def refresh_heatmap(
     reason = full_reason
     if not reason and fixed_bounds is None:
         reason = AUTO_BOUNDS
+    refreshed = None
     if not reason:
         try:
-            return apply_changes(warehouse, day, level, grid_x, grid_y, fixed_bounds, kinds, now, verify)
+            refreshed = apply_changes(warehouse, day, level, grid_x, grid_y, fixed_bounds, kinds, now, verify)
         except NeedsFullHeatmap as exc:
             reason = str(exc)
-    incremental_next = fixed_bounds is not None
-    result = compute_heatmap(
-        warehouse, day, level, grid_x, fixed_bounds, grid_y=grid_y, kinds=kinds, per_session=incremental_next
-    )
-    upsert_heatmap(
-        warehouse, result, now, verify, also=lambda conn: record_full(conn, result, incremental_next, now)
-    )
-    return Refresh(result, FULL, reason)
+    if refreshed is None:
+        incremental_next = fixed_bounds is not None
+        result = compute_heatmap(
+            warehouse, day, level, grid_x, fixed_bounds, grid_y=grid_y, kinds=kinds, per_session=incremental_next
+        )
+        upsert_heatmap(
+            warehouse, result, now, verify, also=lambda conn: record_full(conn, result, incremental_next, now)
+        )
+        refreshed = Refresh(result, FULL, reason)
+    forget_old_days(warehouse, level, day - KEEP_SESSIONS)
+    return refreshed
+
+
+# Days before the heatmap just written keep their per-session counts this long: ticks come for
+# today (and yesterday, just after midnight); an older day's late events are rare, and its next
+# heatmap is then computed in full. Without this the counts would grow by a day's sessions a day.
+KEEP_SESSIONS = dt.timedelta(days=2)
+
+
+def forget_old_days(warehouse: sa.Engine, level: str, before: dt.date) -> int:
+    """Delete the level's per-session counts of the days before ``before`` and their marks (the
+    stored heatmap rows stay; the next heatmap of such a day is computed in full). One
+    transaction per day under that heatmap's lock, so no increment of it runs meanwhile; return
+    the days forgotten."""
+    with warehouse.connect() as conn:
+        days = conn.execute(
+            sa.select(heatmap_kind_sessions.c.date)
+            .distinct()
+            .where(heatmap_kind_sessions.c.level == level, heatmap_kind_sessions.c.date < before)
+        ).scalars().all()
+    for old in days:
+        with warehouse.begin() as conn:
+            lock_partition(conn, "heatmaps", level, old)
+            for table in (heatmap_kind_sessions, heatmap_increments):
+                conn.execute(table.delete().where(table.c.level == level, table.c.date == old))
+    return len(days)
