@@ -24,7 +24,7 @@ from heatmap_pipeline.defs.late_data import read_cursor, write_cursor
 from heatmap_pipeline.defs.resources import SourceDatabase
 from heatmap_pipeline.runtime import cli
 from heatmap_pipeline.runtime.instance import prepare_dagster_home
-from heatmap_pipeline.defs.assets import heatmaps as heatmap_assets
+from heatmap_pipeline.warehouse import heatmap_increments
 from heatmap_pipeline.warehouse.db import get_engine
 from heatmap_pipeline.warehouse.etl.python_path import load_partition_python
 from heatmap_pipeline.warehouse.etl.sql_path import load_partition_sql
@@ -366,14 +366,14 @@ def test_a_heatmap_failing_its_consistency_rule_is_never_written(db_url, monkeyp
 
     # A binning that loses its points, as numpy's own edges over [-1e308, 1e308] (NaN and inf) did
     # on PostgreSQL before the fix: the computed matrix is all zeros.
-    real = heatmap_assets.compute_heatmap
+    real = heatmap_increments.compute_heatmap
 
     def binning_that_loses_points(*args, **kwargs):
         result = real(*args, **kwargs)
         result.matrix[:] = 0
         return result
 
-    monkeypatch.setattr(heatmap_assets, "compute_heatmap", binning_that_loses_points)
+    monkeypatch.setattr(heatmap_increments, "compute_heatmap", binning_that_loses_points)
     for level in ("1", "2"):  # 1 has a (right) row already, 2 none
         key = dg.MultiPartitionKey({"date": DAY.isoformat(), "level": level})
         result = defs.resolve_job_def("heatmap_job").execute_in_process(partition_key=key, instance=instance, raise_on_error=False)

@@ -296,3 +296,29 @@ def test_the_kinds_check_finds_a_missing_kind_a_kind_above_the_positions_and_a_m
 def table_rows_of(engine: sa.Engine) -> list[dict]:
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(sa.select(heatmap_kinds)).mappings()]
+
+
+def test_payloads_holding_a_nul_escape_are_binned_by_their_filter_like_any_other(db_url):
+    r"""PostgreSQL's JSON functions refuse a payload with a \u0000 escape anywhere in it; one such event
+    (a client's stray NUL in another member) must not fail the level's heatmap or change any match."""
+    tag = KindConfig("tagged", frozenset(), {"tag": "\\u0000"})  # the six characters backslash-u-0-0-0-0
+    payloads = [
+        {"build": "42", "note": "a\x00b"},  # NUL in another member: still build 42
+        {"build": "4\x002"},  # a NUL inside the value: not 42
+        {"build": "42", "tag": "\\u0000"},  # an escaped backslash, no NUL: tagged
+        {"build": "42", "tag": "\x00"},  # a NUL: not tagged
+        {"build": "42", "tag": "\\\x00"},  # a backslash then a NUL: not tagged
+        {"build": 42},
+    ]
+    rows = [
+        {"event_date": DAY, "event_id": f"n{i}", "session_id": f"s{i}", "event_type": "death", "event_name": "death",
+         "ts": dt.datetime(2025, 11, 16, 12), "level": "1", "x": float(i), "y": 1.0, "payload": json.dumps(payload)}
+        for i, payload in enumerate(payloads)
+    ]
+    assert '"a\\u0000b"' in rows[0]["payload"]  # stored as the JSON escape, as the ETL writes it
+    engine = store(db_url, rows)
+    result = compute_heatmap(engine, DAY, "1", 6, GridBounds(0, 6, 0, 2), kinds=(BUILD_42_DEATHS, tag))
+    assert result.kinds["deaths_build_42"].matrix.sum(axis=0).tolist() == [1, 0, 1, 1, 1, 1]
+    assert result.kinds["tagged"].matrix.sum(axis=0).tolist() == [0, 0, 1, 0, 0, 0]
+    for name, kind in (("deaths_build_42", BUILD_42_DEATHS), ("tagged", tag)):
+        assert result.kinds[name].events == sum(belongs(r, kind) for r in rows)

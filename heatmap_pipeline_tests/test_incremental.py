@@ -288,6 +288,36 @@ def test_a_failed_tick_leaves_every_table_and_the_watermark_as_they_were(dialect
             assert conn.execute(sa.select(game_events.c.x).where(game_events.c.event_id == "104")).scalar_one() == 9
 
 
+@pytest.mark.parametrize("dialect", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_full_load_whose_watermark_write_fails_makes_the_next_tick_a_full_load(dialect, tmp_path, monkeypatch):
+    """The full load commits, then writing its watermark fails: the old watermark (with the old load's
+    counts) must not survive for the next tick to build on."""
+    from heatmap_pipeline.warehouse.etl import incremental
+
+    with _databases(dialect, tmp_path, 1) as (url,):
+        source = _new_source(url)
+        ensure_warehouse_schema(source)
+        _insert(source, [event(at(9, i), {"x": i, "y": i, "level": 1}, id=100 + i, created_at=at(9, i)) for i in range(5)])
+        _load(source, source, tick=True)  # no watermark yet: a full load, which records one
+        _insert(source, [event(at(9, 6), {"x": 6, "y": 6, "level": 1}, id=106, created_at=at(9, 6))])
+
+        def fail(*args, **kwargs):
+            raise sa.exc.OperationalError("INSERT INTO etl_watermarks", {}, Exception("server closed the connection"))
+
+        monkeypatch.setattr(incremental, "_write_watermark", fail)
+        with pytest.raises(sa.exc.OperationalError):
+            _load(source, source, tick=False)  # a backfill: the day (6 rows) is replaced and committed
+        monkeypatch.undo()
+        with source.connect() as conn:
+            assert conn.execute(sa.select(game_events.c.event_id)).scalars().all().__len__() == 6
+            assert conn.execute(sa.select(etl_watermarks)).all() == []  # not the old load's (5 clean rows)
+        _insert(source, [event(at(9, 7), {"x": 7, "y": 7, "level": 1}, id=107, created_at=at(9, 7))])
+        result = _load(source, source, tick=True)
+        assert result.load_mode == "full" and "no watermark" in result.full_reason
+        with source.connect() as conn:
+            assert conn.execute(sa.select(etl_watermarks.c.clean_rows)).scalar_one() == 7
+
+
 def test_a_row_committed_later_than_the_overlap_fails_the_reconciliation_until_a_full_load(sqlite_url):
     from heatmap_pipeline.warehouse.invariants import game_events_reconciled
 

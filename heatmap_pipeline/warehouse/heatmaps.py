@@ -134,10 +134,26 @@ def _bucket(column: sa.Column, edges: str) -> sa.ColumnElement[int]:
     return sa.func.width_bucket(column, sa.cast(sa.bindparam(edges), postgresql.ARRAY(sa.Double())))
 
 
+# A JSON \u0000 escape (not one whose backslash is itself escaped, as in "\\u0000"): PostgreSQL's
+# JSON functions refuse a payload holding one anywhere ("unsupported Unicode escape sequence"), even
+# when the member asked for is another, so one such event would fail the level's whole heatmap.
+_NUL_ESCAPE = r"(?<!\\)((?:\\\\)*)\\u0000"
+
+
+def _pg_parsable_payload(table: sa.Table) -> sa.ColumnElement[str]:
+    r"""The payload with each \u0000 escape made \ufffd (no filter value can hold a NUL, since no
+    PostgreSQL text can, so no match changes); the rows without one (nearly all) pay a strpos."""
+    payload = table.c.payload
+    return sa.case(
+        (sa.func.strpos(payload, "\\u0000") == 0, payload),
+        else_=sa.func.regexp_replace(payload, _NUL_ESCAPE, r"\1\\ufffd", "g"),
+    )
+
+
 def _payload_field(key: str, dialect: str, table: sa.Table = game_events) -> sa.ColumnElement[str]:
     """A payload member as text (a number as it is written: 42 -> '42'); payloads are valid JSON text."""
     if dialect == "postgresql":
-        return sa.func.json_extract_path_text(sa.cast(table.c.payload, postgresql.JSON), key)
+        return sa.func.json_extract_path_text(sa.cast(_pg_parsable_payload(table), postgresql.JSON), key)
     return sa.cast(sa.func.json_extract(table.c.payload, '$."' + key + '"'), sa.Text)
 
 

@@ -222,8 +222,9 @@ def before_full_load(
 def after_full_load(
     warehouse: sa.Engine, day: dt.date, rules: CleaningRules, mark: FullLoadMark, result: EtlResult, now: dt.datetime
 ) -> None:
-    """Record the full load's watermark. Its own transaction after the load's: should it fail, the
-    previous (older) watermark stays, and the next tick only re-reads more than it needs to."""
+    """Record the full load's watermark. Its own transaction after the load's, which deleted the
+    day's previous watermark (writing.record_position_stats): should this fail, the day has none,
+    and the next tick loads the day in full."""
     with warehouse.begin() as write:
         lock_partition(write, "game_events", day)
         watermark = Watermark(

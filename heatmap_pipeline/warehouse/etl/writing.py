@@ -23,7 +23,7 @@ from heatmap_pipeline.warehouse.db import SQLITE_CACHE_KIB
 from heatmap_pipeline.warehouse.etl import pg_partitions
 from heatmap_pipeline.warehouse.locks import lock_partition
 from heatmap_pipeline.warehouse.position_changes import reset_day
-from heatmap_pipeline.warehouse.tables import game_events, position_stats, quarantined_events
+from heatmap_pipeline.warehouse.tables import etl_watermarks, game_events, position_stats, quarantined_events
 
 
 @dataclass
@@ -82,9 +82,13 @@ def begin_day(conn: sa.Connection, day: dt.date) -> sa.TableClause:
 
 def record_position_stats(conn: sa.Connection, day: dt.date, ranges: PositionRanges) -> None:
     """Per level: the day's position count and x/y range, for the heatmaps' automatic bounds.
-    Every full load of the day calls this in its transaction, so it also empties the day's
-    position change log: heatmaps of the day binned before this load are recomputed in full."""
+    Every full load of the day calls this in its transaction, so it also resets what ticks build on:
+    it empties the day's position change log (heatmaps of the day binned before this load are
+    recomputed in full) and deletes the day's watermark. The load's new watermark is written after
+    this transaction commits (incremental.after_full_load); should that write fail, the next tick
+    finds no watermark and loads the day in full, instead of carrying the old load's counts on."""
     reset_day(conn, day)
+    conn.execute(etl_watermarks.delete().where(etl_watermarks.c.event_date == day))
     conn.execute(position_stats.delete().where(position_stats.c.event_date == day))
     rows = [
         {"event_date": day, "level": level, **vars(summary)} for level, summary in sorted(ranges.by_level.items())
