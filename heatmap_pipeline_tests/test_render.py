@@ -82,17 +82,23 @@ def test_empty_cells_are_transparent_and_the_margins_white():
     assert image.getpixel((2, 2)) == (255, 255, 255, 255)
 
 
-def test_the_background_is_visible_under_empty_cells(tmp_path):
+def green_and_blue_art(tmp_path) -> Background:
+    """Art whose left half is green and right half blue, placed by its own corners on world x 0-100, y 0-50."""
     art = tmp_path / "art.png"
-    # left half green, right half blue, in world x 0-100: the image's own corners
     pixels = np.zeros((50, 100, 3), dtype=np.uint8)
     pixels[:, :50] = (0, 160, 0)
     pixels[:, 50:] = (0, 0, 200)
     Image.fromarray(pixels).save(art)
-    background = Background(art, 0, 100, 0, 50)
+    return Background(art, 0, 100, 0, 50)
+
+
+def hot_cell_over_the_blue_half() -> np.ndarray:
     matrix = np.zeros((5, 10))
-    matrix[2, 8] = 4  # a hot cell over the blue half
-    png = render_heatmap_png(matrix, bounds=GridBounds(0, 100, 0, 50), background=background)
+    matrix[2, 8] = 4
+    return matrix
+
+
+def assert_art_under_empty_cells_and_the_hot_cell_over_it(png: bytes) -> Image.Image:
     image = decode(png)
     r, g, b, a = image.getpixel(world_to_pixel(png, 20, 40))  # an empty cell over the green half
     assert a == 255 and g > 140 and r < 20 and b < 20
@@ -100,6 +106,14 @@ def test_the_background_is_visible_under_empty_cells(tmp_path):
     assert a == 255 and b > 180 and r < 20 and g < 20
     r, g, b, a = image.getpixel(world_to_pixel(png, 85, 25))  # the hot cell covers the art
     assert r > 150
+    return image
+
+
+def test_the_background_is_visible_under_empty_cells(tmp_path):
+    png = render_heatmap_png(
+        hot_cell_over_the_blue_half(), bounds=GridBounds(0, 100, 0, 50), background=green_and_blue_art(tmp_path)
+    )
+    assert_art_under_empty_cells_and_the_hot_cell_over_it(png)
 
 
 def test_a_background_placed_by_its_corners_inside_larger_bounds(tmp_path):
@@ -226,22 +240,9 @@ def test_a_preview_puts_the_hottest_cell_where_the_data_puts_it_with_y_upwards()
 
 
 def test_a_preview_shows_the_background_under_empty_cells_and_white_margins(tmp_path):
-    art = tmp_path / "art.png"
-    pixels = np.zeros((50, 100, 3), dtype=np.uint8)  # left half green, right half blue, world x 0-100
-    pixels[:, :50] = (0, 160, 0)
-    pixels[:, 50:] = (0, 0, 200)
-    Image.fromarray(pixels).save(art)
-    matrix = np.zeros((5, 10))
-    matrix[2, 8] = 4  # a hot cell over the blue half
-    (png,) = render_heatmap_previews([matrix], bounds=GridBounds(0, 100, 0, 50), titles=["t"],
-                                     background=Background(art, 0, 100, 0, 50))
-    image = decode(png)
-    r, g, b, a = image.getpixel(world_to_pixel(png, 20, 40))  # an empty cell over the green half
-    assert a == 255 and g > 140 and r < 20 and b < 20
-    r, g, b, a = image.getpixel(world_to_pixel(png, 70, 10))  # an empty cell over the blue half
-    assert a == 255 and b > 180 and r < 20 and g < 20
-    r, g, b, a = image.getpixel(world_to_pixel(png, 85, 25))  # the hot cell covers the art
-    assert r > 150
+    (png,) = render_heatmap_previews([hot_cell_over_the_blue_half()], bounds=GridBounds(0, 100, 0, 50), titles=["t"],
+                                     background=green_and_blue_art(tmp_path))
+    image = assert_art_under_empty_cells_and_the_hot_cell_over_it(png)
     assert image.getpixel((image.width - 2, image.height - 2)) == (255, 255, 255, 255)
 
 
